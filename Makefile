@@ -1,0 +1,50 @@
+# Two commands matter: `make run` (gateway + demo service, no Redis needed) and `make test` (every test).
+PY ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed-$(shell cksum pyproject.toml | cut -d' ' -f1)
+SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+
+.PHONY: run test lint schema perf bench soak docker redis-server promtool clean
+
+$(STAMP): pyproject.toml
+	@test -x $(BIN)/python || $(PY) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+	$(BIN)/python -m pip install -q -e '.[dev]'
+	@rm -f $(VENV)/.installed-*; touch $(STAMP)
+
+# The demo: fake payment provider (:8002), the thin upstream service (:8001), the gateway (:8000).
+# Ctrl-C stops all three.
+run: $(STAMP)
+	@echo "gateway http://127.0.0.1:8000  upstream http://127.0.0.1:8001  payment provider http://127.0.0.1:8002"
+	@trap 'kill 0' INT TERM EXIT; \
+	$(BIN)/python -m upstream_app.provider --port 8002 & \
+	PAYMENT_PROVIDER_URL=http://127.0.0.1:8000/egress/payments $(BIN)/python -m upstream_app --port 8001 & \
+	$(BIN)/python -m gateway serve --policy policies.yaml --port 8000 & \
+	wait
+
+# Tests talk to a real redis-server; where the machine has none, install the Debian package and say so.
+redis-server:
+	@command -v redis-server >/dev/null || { \
+	  echo "make test: no redis-server on PATH: installing the Debian package redis-server"; \
+	  $(SUDO) apt-get update -qq && DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq redis-server >/dev/null; }
+
+test: $(STAMP) redis-server
+	$(BIN)/python -m pytest -q
+
+lint: $(STAMP)
+	$(BIN)/ruff check gateway upstream_app tests perf
+	$(BIN)/mypy
+	$(BIN)/pip-audit --skip-editable --progress-spinner off
+
+schema: $(STAMP)
+	$(BIN)/python -m gateway schema > config/policy.schema.json
+
+bench: $(STAMP)
+	$(BIN)/python perf/bench_overhead.py
+
+docker:
+	docker build -t resilience-gateway .
+
+clean:
+	rm -rf $(VENV) data *.egg-info

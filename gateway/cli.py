@@ -1,0 +1,93 @@
+"""Command line: `gateway serve`, `gateway check`, `gateway schema`."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+from gateway.policy.loader import PolicyError, load_policy
+from gateway.policy.model import Policy
+
+
+def c_parser_in_use() -> bool:
+    """True when aiohttp's C HTTP parser is active (most past smuggling advisories were in the Python one)."""
+    from aiohttp import http_parser
+
+    return http_parser.HttpRequestParser.__module__ == "aiohttp._http_parser"
+
+
+def cmd_check(args: argparse.Namespace) -> int:
+    try:
+        loaded = load_policy(args.file)
+    except PolicyError as exc:
+        for problem in exc.problems:
+            print(problem, file=sys.stderr)
+        return 1
+    policy = loaded.policy
+    print(
+        f"{args.file}: ok (version {loaded.version}: {len(policy.routes)} routes, {len(policy.upstreams)} upstreams,"
+        f" {len(policy.rate_limits)} rate limits, {len(policy.breakers)} breakers)"
+    )
+    return 0
+
+
+def cmd_schema(_: argparse.Namespace) -> int:
+    print(json.dumps(Policy.model_json_schema(mode="validation"), indent=2))
+    return 0
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    from aiohttp import web
+
+    from gateway.app import RUNNER_KWARGS, build_app
+    from gateway.logs import configure
+
+    if not c_parser_in_use():
+        print(
+            "gateway: refusing to start: aiohttp's C HTTP parser is not in use (AIOHTTP_NO_EXTENSIONS is set or"
+            " the extension failed to build); the pure-Python parser has a history of request-smuggling bugs.",
+            file=sys.stderr,
+        )
+        return 2
+    try:
+        loaded = load_policy(args.policy)
+    except PolicyError as exc:
+        for problem in exc.problems:
+            print(problem, file=sys.stderr)
+        return 1
+    configure(args.log_level)
+    try:
+        import uvloop
+
+        uvloop.install()
+    except ImportError:  # pragma: no cover - uvloop is a dependency on every supported platform
+        pass
+    app = build_app(loaded)
+    web.run_app(
+        app,
+        host=args.host,
+        port=args.port,
+        **RUNNER_KWARGS,
+        print=lambda msg: print(f"gateway: {msg.splitlines()[0]}", file=sys.stderr),
+    )
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="gateway", description="Resilience gateway")
+    sub = parser.add_subparsers(dest="command", required=True)
+    serve = sub.add_parser("serve", help="run the gateway")
+    serve.add_argument("--policy", default="policies.yaml")
+    serve.add_argument("--host", default="127.0.0.1")
+    serve.add_argument("--port", type=int, default=8000)
+    serve.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
+    serve.set_defaults(func=cmd_serve)
+    check = sub.add_parser("check", help="validate a policy file (exit 1 with FILE:LINE key.path: message)")
+    check.add_argument("file")
+    check.set_defaults(func=cmd_check)
+    schema = sub.add_parser("schema", help="print the policy JSON Schema")
+    schema.set_defaults(func=cmd_schema)
+    args = parser.parse_args(argv)
+    result: int = args.func(args)
+    return result

@@ -1,0 +1,194 @@
+"""The request path: snapshot -> route -> identity -> limits -> breaker -> proxy -> outcome -> observers.
+
+One function, read top to bottom. Each stage may answer early (404, 413, 429, 503); every answer, early or
+not, produces exactly one `Outcome` for the observers (SLO recorder, access log).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import re
+import time
+from collections.abc import Callable
+from typing import Any
+
+import orjson
+from aiohttp import web
+
+from gateway.identity import Identity, user_id
+from gateway.logs import get_logger
+from gateway.outcome import Outcome
+from gateway.proxy import BodyStream, BodyTooLarge, UpstreamError, forward_headers, open_upstream, relay
+from gateway.routing import normalize_path
+from gateway.runtime import CompiledRoute, Runtime
+
+log = get_logger("gateway.request")
+_REQUEST_ID = re.compile(r"^[A-Za-z0-9._:\-]{1,128}$")
+Observer = Callable[[Outcome, Identity], None]
+
+
+def json_error(status: int, error: str, request_id: str, **fields: Any) -> web.Response:
+    """The gateway's own answers: a JSON reason, never a traceback."""
+    body = {"error": error, **fields, "request_id": request_id}
+    return web.Response(
+        status=status,
+        body=orjson.dumps(body),
+        content_type="application/json",
+        headers={"X-Request-Id": request_id, "Cache-Control": "no-store"},
+    )
+
+
+def request_id_of(request: web.BaseRequest) -> str:
+    """The client's X-Request-Id when it is a sane token, else a fresh one."""
+    given = request.headers.get("X-Request-Id")
+    if given is not None and _REQUEST_ID.match(given):
+        return given
+    return os.urandom(16).hex()
+
+
+def upstream_path(path: str, route: CompiledRoute) -> str:
+    if route.strip_prefix and path.startswith(route.strip_prefix):
+        path = path[len(route.strip_prefix) :] or "/"
+        if not path.startswith("/"):
+            path = "/" + path
+    return path
+
+
+class Pipeline:
+    """The catch-all handler. Reads the current runtime once per request through `current()`."""
+
+    def __init__(self, current: Callable[[], Runtime], observers: list[Observer]) -> None:
+        self._current = current
+        self._observers = observers
+
+    def _emit(self, outcome: Outcome, identity: Identity) -> None:
+        for observer in self._observers:
+            try:
+                observer(outcome, identity)
+            except Exception:  # an observer's bug must not turn into a client error
+                log.exception("observer_failed", observer=getattr(observer, "__name__", repr(observer)))
+
+    async def handle(self, request: web.Request) -> web.StreamResponse:
+        clock = time.perf_counter  # uvloop's loop.time() only has millisecond resolution
+        started = clock()
+        runtime = self._current()  # one snapshot for the whole request, even across a reload
+        request_id = request_id_of(request)
+        peer = request.remote
+        headers = request.headers
+        ip = runtime.resolver.client_ip(peer, headers.get("X-Forwarded-For"))
+        identity = Identity(ip=ip, user=user_id(headers.get(runtime.user_header)))
+        outcome = Outcome(route="unmatched", method=request.method, status=0, duration=0.0)
+        try:
+            response = await self._serve(request, runtime, identity, request_id, outcome, clock)
+            outcome.status = outcome.status or response.status
+            return response
+        except asyncio.CancelledError:
+            outcome.status = 499  # the client went away; the upstream call was cancelled with us
+            outcome.error = outcome.error or "client_closed"
+            raise
+        except Exception:
+            log.exception("gateway_error", request_id=request_id, route=outcome.route)
+            outcome.status = 502
+            outcome.error = "gateway_error"
+            return json_error(502, "gateway_error", request_id, route=outcome.route)
+        finally:
+            outcome.duration = clock() - started
+            self._emit(outcome, identity)
+            log.info(
+                "request",
+                request_id=request_id,
+                route=outcome.route,
+                method=request.method,
+                path=request.path,
+                status=outcome.status,
+                upstream_status=outcome.upstream_status,
+                duration_ms=round(outcome.duration * 1000, 3),
+                upstream_duration_ms=(
+                    round(outcome.upstream_duration * 1000, 3) if outcome.upstream_duration is not None else None
+                ),
+                client_ip=identity.ip,
+                error=outcome.error,
+            )
+
+    async def _serve(
+        self,
+        request: web.Request,
+        runtime: Runtime,
+        identity: Identity,
+        request_id: str,
+        outcome: Outcome,
+        clock: Callable[[], float],
+    ) -> web.StreamResponse:
+        raw = request.raw_path
+        cut = raw.find("?")
+        raw_path, query = (raw, "") if cut < 0 else (raw[:cut], raw[cut:])
+        path = normalize_path(raw_path)
+        if path is None:
+            outcome.error = "bad_path"
+            return json_error(400, "bad_path", request_id, detail="the request path is not a valid absolute path")
+        route = runtime.router.match(request.method, path)
+        if route is None:
+            outcome.error = "no_route"
+            return json_error(404, "no_route", request_id, detail=f"no route matches {request.method} {path}")
+        outcome.route = route.name
+
+        length = request.content_length
+        if length is not None and length > route.max_body:
+            outcome.error = "body_too_large"
+            return json_error(413, "body_too_large", request_id, route=route.name, limit=route.max_body)
+
+        client = route.client
+        url = client.base + upstream_path(path, route) + query
+        peer = request.remote or "unknown"
+        trusted_peer = identity.ip != peer
+        prior_xff = request.headers.get("X-Forwarded-For")
+        send_headers = forward_headers(
+            request,
+            protected=runtime.protected_headers,
+            host=request.host if route.preserve_host else client.host,
+            forwarded_for=f"{prior_xff}, {peer}" if trusted_peer and prior_xff else peer,
+            forwarded_proto=(request.headers.get("X-Forwarded-Proto", request.scheme) if trusted_peer
+                             else request.scheme),
+            forwarded_host=(request.headers.get("X-Forwarded-Host", request.host) if trusted_peer
+                            else request.host),
+            request_id=request_id,
+        )
+        body: BodyStream | None = None
+        if request.body_exists:
+            body = BodyStream(request, route.max_body)
+            if length is not None:
+                send_headers["Content-Length"] = str(length)
+
+        sent_at = clock()
+        try:
+            upstream = await open_upstream(
+                client, request.method, url, send_headers, body,
+                connect_timeout=route.connect_timeout, timeout=route.timeout,
+            )
+        except BodyTooLarge:
+            outcome.error = "body_too_large"
+            return json_error(413, "body_too_large", request_id, route=route.name, limit=route.max_body)
+        except UpstreamError as exc:
+            outcome.error = exc.kind
+            outcome.upstream_duration = clock() - sent_at
+            return json_error(exc.status, exc.kind, request_id, route=route.name, upstream=client.name,
+                              detail=exc.detail)
+        outcome.upstream_status = upstream.status
+        outcome.bytes_in = body.sent if body else 0
+        try:
+            response, written = await relay(request, upstream, (("X-Request-Id", request_id),))
+            outcome.bytes_out = written
+            return response
+        except Exception as exc:
+            # The head is gone: all that is left is to cut the connection so the client sees a truncated body.
+            transport = request.transport
+            client_gone = transport is None or transport.is_closing()
+            outcome.status, outcome.error = (499, "client_closed") if client_gone else (502, "upstream_midbody")
+            log.warning("relay_aborted", request_id=request_id, route=route.name, error=exc.__class__.__name__)
+            if transport is not None:
+                transport.close()
+            return web.Response(status=outcome.status)  # never written: the connection is closed
+        finally:
+            outcome.upstream_duration = clock() - sent_at
+            upstream.release()

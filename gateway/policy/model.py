@@ -1,0 +1,343 @@
+"""The policy model: a frozen, validated picture of policies.yaml. Pure: no I/O.
+
+The request path reads one `Policy` through one reference; live reload builds a new one and swaps it whole.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import re
+from collections.abc import Iterator
+from typing import Annotated, Any, Literal
+
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    PlainSerializer,
+    WithJsonSchema,
+    field_validator,
+    model_validator,
+)
+
+from gateway.policy.units import Duration, Network, Percent, Size
+
+LOOPBACK: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...] = (
+    ipaddress.ip_network("127.0.0.0/8"),
+    ipaddress.ip_network("::1/128"),
+)
+HTTP_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS", "TRACE", "CONNECT"})
+NAME = r"^[A-Za-z0-9_][A-Za-z0-9_.\-]{0,63}$"
+Name = Annotated[str, Field(pattern=NAME)]
+_PARAM = re.compile(r"\{([A-Za-z_][A-Za-z0-9_]*)(?::([^{}]*(?:\{[^{}]*\}[^{}]*)*))?\}")
+_HEADER_NAME = re.compile(r"^[!#$%&'*+\-.^_`|~0-9A-Za-z]+$")
+
+
+class Strict(BaseModel):
+    """Unknown keys are errors; a loaded policy is never mutated."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class Storage(Strict):
+    redis_url: str | None = None
+    on_redis_error: Literal["local", "allow", "deny"] = "local"
+    timeout: Duration = 0.05
+    key_prefix: Annotated[str, Field(pattern=r"^[A-Za-z0-9_:.\-]{1,32}$")] = "gw"
+
+    @field_validator("redis_url")
+    @classmethod
+    def _url(cls, value: str | None) -> str | None:
+        if value is None or value.strip() == "":
+            return None
+        if not re.match(r"^(redis|rediss|unix)://", value):
+            raise ValueError(f"redis_url must start with redis://, rediss:// or unix://, got {value!r}")
+        return value
+
+
+class Identity(Strict):
+    user_header: Annotated[str, Field(pattern=_HEADER_NAME.pattern)] = "X-User-Id"
+    trusted_proxies: tuple[Network, ...] = ()
+
+
+class Admin(Strict):
+    user_ids: tuple[Annotated[str, Field(min_length=1, max_length=128)], ...] = ()
+    trusted_networks: tuple[Network, ...] = LOOPBACK
+    tokens_env: str = "GATEWAY_ADMIN_TOKENS"
+    tokens_file: str | None = None
+    metrics_networks: tuple[Network, ...] = LOOPBACK
+    listen: Annotated[str, Field(pattern=r"^[^\s:]+:\d{1,5}$")] | None = None
+
+
+class SloSettings(Strict):
+    window: Duration = 300.0
+    count_429_as_error: bool = False
+
+
+class Audit(Strict):
+    dir: str = "data/audit"
+    max_events: Annotated[int, Field(ge=100)] = 100_000
+    max_age: Duration = 7 * 86400.0
+    queue_size: Annotated[int, Field(ge=10)] = 10_000
+
+
+class Alerts(Strict):
+    webhook_url: Annotated[str, Field(pattern=r"^https?://")] | None = None
+
+
+class Cors(Strict):
+    origins: tuple[str, ...] = ()
+    methods: tuple[str, ...] = ("GET", "POST", "PUT", "PATCH", "DELETE", "OPTIONS")
+    headers: tuple[str, ...] = ("*",)
+    expose_headers: tuple[str, ...] = ("X-Request-Id", "RateLimit", "RateLimit-Policy", "Retry-After")
+    credentials: bool = False
+    max_age: Duration | None = None
+
+
+class Server(Strict):
+    max_body: Size = 10 * 2**20
+    max_field_size: Annotated[int, Field(ge=1024, le=65536)] = 8190
+    max_headers: Annotated[int, Field(ge=16, le=1000)] = 128
+    header_timeout: Duration = 10.0
+    idle_timeout: Duration = 75.0
+    max_connections: Annotated[int, Field(ge=1)] = 4096
+    drain_timeout: Duration = 30.0
+
+
+class Breaker(Strict):
+    consecutive_failures: Annotated[int, Field(ge=1)] | None = 5
+    failure_rate: Percent | None = 0.5
+    window: Annotated[int, Field(ge=1, le=10_000)] | Duration = 20
+    min_calls: Annotated[int, Field(ge=1)] = 10
+    slow_call: Duration | None = None
+    slow_call_rate: Percent | None = None
+    reset_timeout: Duration = 60.0
+    half_open_requests: Annotated[int, Field(ge=1, le=1000)] = 1
+    failure_on: tuple[Literal["5xx", "timeout", "connect_error", "429"], ...] = ("5xx", "timeout", "connect_error")
+
+
+class RateLimit(Strict):
+    rate: Annotated[int, Field(gt=0)]
+    per: Duration
+    burst: Annotated[int, Field(gt=0)] | None = None
+    key: str = "user"
+    shadow: bool = False
+    on_redis_error: Literal["local", "allow", "deny"] | None = None
+
+    @field_validator("key")
+    @classmethod
+    def _key(cls, value: str) -> str:
+        if value in ("user", "ip", "route", "global"):
+            return value
+        if value.startswith("header:") and _HEADER_NAME.match(value[7:]):
+            return value
+        raise ValueError(f"unknown key {value!r} (known: user, ip, route, global, header:NAME)")
+
+    @property
+    def capacity(self) -> int:
+        """Bucket size: `burst`, which defaults to `rate`."""
+        return self.burst if self.burst is not None else self.rate
+
+
+RetryOn = Literal["connect_error", "timeout", "reset", "502", "503", "504"]
+
+
+class Retries(Strict):
+    attempts: Annotated[int, Field(ge=1, le=10)] = 2
+    backoff: Duration = 0.05
+    on: tuple[RetryOn, ...] = ("connect_error", "502", "503", "504")
+
+    @field_validator("on", mode="before")
+    @classmethod
+    def _codes_as_text(cls, value: Any) -> Any:
+        if isinstance(value, list | tuple):
+            return tuple(str(v) if isinstance(v, int) and not isinstance(v, bool) else v for v in value)
+        return value
+
+
+class Slo(Strict):
+    p50: Duration | None = None
+    p95: Duration | None = None
+    p99: Duration | None = None
+    error_rate: Percent | None = None
+
+    @model_validator(mode="after")
+    def _something(self) -> Slo:
+        if self.p50 is None and self.p95 is None and self.p99 is None and self.error_rate is None:
+            raise ValueError("an slo needs at least one of p50, p95, p99, error_rate")
+        return self
+
+    def thresholds(self) -> Iterator[float]:
+        """Every latency target, in seconds (histogram buckets must include them)."""
+        for value in (self.p50, self.p95, self.p99):
+            if value is not None:
+                yield value
+
+
+class Match(Strict):
+    """A parsed `match:` string: `METHOD[|METHOD] /path/{param}/{rest:.*}` or `* /path`."""
+
+    methods: frozenset[str] | None  # None: any method
+    template: str
+    regex: str | None  # None: an exact path
+
+    def __str__(self) -> str:
+        methods = "|".join(sorted(self.methods)) if self.methods else "*"
+        return f"{methods} {self.template}"
+
+    @property
+    def literal_prefix(self) -> str:
+        """The path up to the first parameter: what the router indexes on."""
+        return self.template.split("{", 1)[0]
+
+
+def parse_match(text: str) -> Match:
+    """Parse and check a route's `match:` value; raises ValueError with the reason."""
+    parts = text.split()
+    if len(parts) != 2:
+        raise ValueError(f"match must be 'METHOD /path', got {text!r}")
+    method_text, template = parts
+    methods: frozenset[str] | None = None
+    if method_text != "*":
+        methods = frozenset(m.upper() for m in method_text.split("|"))
+        unknown = sorted(methods - HTTP_METHODS)
+        if unknown:
+            raise ValueError(f"unknown method {unknown[0]!r} in match {text!r}")
+    if not template.startswith("/"):
+        raise ValueError(f"match path must start with '/', got {template!r}")
+    if "{" not in template:
+        if "}" in template:
+            raise ValueError(f"unbalanced '}}' in match path {template!r}")
+        return Match(methods=methods, template=template, regex=None)
+    pattern, pos, names = [], 0, set()
+    for param in _PARAM.finditer(template):
+        literal = template[pos : param.start()]
+        if "{" in literal or "}" in literal:
+            raise ValueError(f"unbalanced braces in match path {template!r}")
+        pattern.append(re.escape(literal))
+        name, expr = param.group(1), param.group(2)
+        if name in names:
+            raise ValueError(f"parameter {name!r} appears twice in {template!r}")
+        names.add(name)
+        expr = "[^/]+" if expr is None else expr
+        try:
+            if re.compile(expr).groups:
+                raise ValueError(f"parameter {name!r} regex must not contain capturing groups")
+        except re.error as exc:
+            raise ValueError(f"bad regex for parameter {name!r}: {exc}") from None
+        pattern.append(f"(?P<{name}>{expr})")
+        pos = param.end()
+    tail = template[pos:]
+    if "{" in tail or "}" in tail:
+        raise ValueError(f"unbalanced braces in match path {template!r}")
+    pattern.append(re.escape(tail))
+    return Match(methods=methods, template=template, regex="".join(pattern))
+
+
+MatchField = Annotated[
+    Match,
+    PlainSerializer(str, return_type=str),
+    WithJsonSchema({"type": "string", "examples": ["GET /api/horoscopes/daily", "* /egress/payments/{path:.*}"]}),
+]
+
+
+class Route(Strict):
+    name: Name
+    match: MatchField
+    upstream: str
+    strip_prefix: Annotated[str, Field(pattern=r"^/")] | None = None
+    slo: Slo | None = None
+    rate_limits: tuple[str, ...] = ()
+    breaker: str | None = None
+    timeout: Duration | None = None
+    connect_timeout: Duration | None = None
+    max_body: Size | None = None
+    retries: Retries | None = None
+
+    @field_validator("match", mode="before")
+    @classmethod
+    def _parse_match(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            return parse_match(value)
+        raise ValueError(f"match must be a string such as 'GET /api/orders', got {value!r}")
+
+
+class Upstream(Strict):
+    url: Annotated[str, Field(pattern=r"^https?://[^/\s?#]+(/[^\s?#]*)?$")]
+    connect_timeout: Duration = 1.0
+    timeout: Duration = 15.0
+    breaker: str | None = None
+    preserve_host: bool = False
+    max_connections: Annotated[int, Field(ge=1, le=100_000)] = 256
+    max_requests: Annotated[int, Field(ge=1, le=1_000_000)] = 1024
+    retry_budget: Percent = 0.2
+
+
+class Policy(Strict):
+    version: Literal[1]
+    storage: Storage = Storage()
+    identity: Identity = Identity()
+    admin: Admin = Admin()
+    slo: SloSettings = SloSettings()
+    audit: Audit = Audit()
+    alerts: Alerts = Alerts()
+    cors: Cors | None = None
+    server: Server = Server()
+    upstreams: Annotated[dict[Name, Upstream], Field(min_length=1)]
+    breakers: dict[Name, Breaker] = {}
+    rate_limits: dict[Name, RateLimit] = {}
+    routes: Annotated[tuple[Route, ...], Field(min_length=1)]
+
+    def reference_errors(self) -> list[tuple[tuple[str | int, ...], str]]:
+        """Cross-references a schema cannot check: (key path, message) for each problem."""
+        errors: list[tuple[tuple[str | int, ...], str]] = []
+
+        def known(names: Any) -> str:
+            return ", ".join(sorted(names)) or "none declared"
+
+        for name, upstream in self.upstreams.items():
+            if upstream.breaker is not None and upstream.breaker not in self.breakers:
+                errors.append(
+                    (("upstreams", name, "breaker"),
+                     f"unknown breaker {upstream.breaker!r} (known: {known(self.breakers)})")
+                )
+        seen_names: dict[str, int] = {}
+        seen_matches: dict[tuple[frozenset[str] | None, str], int] = {}
+        for i, route in enumerate(self.routes):
+            if route.name in seen_names:
+                errors.append(
+                    (("routes", i, "name"), f"duplicate route name {route.name!r} (first at routes[{seen_names[route.name]}])")
+                )
+            seen_names.setdefault(route.name, i)
+            if route.upstream not in self.upstreams:
+                errors.append(
+                    (("routes", i, "upstream"),
+                     f"unknown upstream {route.upstream!r} (known: {known(self.upstreams)})")
+                )
+            if route.breaker is not None and route.breaker not in self.breakers:
+                errors.append(
+                    (("routes", i, "breaker"), f"unknown breaker {route.breaker!r} (known: {known(self.breakers)})")
+                )
+            for j, limit in enumerate(route.rate_limits):
+                if limit not in self.rate_limits:
+                    errors.append(
+                        (("routes", i, "rate_limits", j),
+                         f"unknown limit {limit!r} (known: {known(self.rate_limits)})")
+                    )
+            key = (route.match.methods, route.match.template)
+            if key in seen_matches:
+                errors.append(
+                    (("routes", i, "match"),
+                     f"route overlaps routes[{seen_matches[key]}] (same method and path)")
+                )
+            seen_matches.setdefault(key, i)
+            if route.strip_prefix is not None and not route.match.template.startswith(route.strip_prefix):
+                errors.append(
+                    (("routes", i, "strip_prefix"),
+                     f"strip_prefix {route.strip_prefix!r} is not a prefix of {route.match.template!r}")
+                )
+        return errors
+
+    def slo_thresholds(self) -> tuple[float, ...]:
+        """Every latency target in the policy, sorted, in seconds."""
+        return tuple(sorted({t for r in self.routes if r.slo for t in r.slo.thresholds()}))

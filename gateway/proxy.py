@@ -1,0 +1,198 @@
+"""Forwarding over one shared ClientSession per upstream: streaming both ways, hop-by-hop stripping, timeouts.
+
+Knows nothing of policies: the pipeline hands it an `UpstreamClient`, the headers to send and a deadline.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Iterable
+from dataclasses import dataclass
+
+import aiohttp
+from aiohttp import web
+from multidict import CIMultiDict, CIMultiDictProxy
+from yarl import URL
+
+# RFC 9110 7.6.1, plus the RFC 7230 extras that are hop-by-hop in practice.
+HOP_BY_HOP = frozenset(
+    {"connection", "keep-alive", "proxy-connection", "te", "trailer", "transfer-encoding", "upgrade"}
+)
+_NOT_FORWARDED = HOP_BY_HOP | {"host", "content-length", "expect"}
+_RESPONSE_SKIP = HOP_BY_HOP | {"content-length"}
+
+
+class UpstreamError(Exception):
+    """The upstream failed before a response could be relayed. `kind` feeds breakers, retries and metrics."""
+
+    def __init__(self, kind: str, detail: str) -> None:
+        super().__init__(detail)
+        self.kind = kind  # connect_error | timeout | reset | protocol
+        self.detail = detail
+
+    @property
+    def status(self) -> int:
+        return 504 if self.kind == "timeout" else 502
+
+
+class BodyTooLarge(Exception):
+    """The client's body passed the route's cap while streaming."""
+
+
+@dataclass
+class UpstreamClient:
+    """One upstream: its base URL and the shared session (connection pool, keep-alive) used for it."""
+
+    name: str
+    base: str  # scheme://host[:port][/base-path] without a trailing slash
+    host: str  # Host header value sent unless the route keeps the client's
+    session: aiohttp.ClientSession
+
+    @classmethod
+    def create(cls, name: str, url: str, *, max_connections: int) -> UpstreamClient:
+        parsed = URL(url)
+        connector = aiohttp.TCPConnector(limit=max_connections, limit_per_host=max_connections, ttl_dns_cache=60)
+        session = aiohttp.ClientSession(
+            connector=connector,
+            auto_decompress=False,  # bodies pass untouched
+            cookie_jar=aiohttp.DummyCookieJar(),  # never mix one client's cookies into another's request
+            skip_auto_headers=("User-Agent", "Accept", "Accept-Encoding", "Content-Type"),
+            timeout=aiohttp.ClientTimeout(total=None),
+        )
+        return cls(name=name, base=str(parsed).rstrip("/"), host=parsed.raw_authority, session=session)
+
+    async def close(self) -> None:
+        await self.session.close()
+
+
+def connection_tokens(headers: CIMultiDictProxy[str] | CIMultiDict[str]) -> set[str]:
+    """Header names a Connection header nominates as hop-by-hop."""
+    tokens: set[str] = set()
+    for value in headers.getall("Connection", ()):
+        tokens.update(t.strip().lower() for t in value.split(",") if t.strip())
+    return tokens
+
+
+def forward_headers(
+    request: web.BaseRequest,
+    *,
+    protected: frozenset[str],
+    host: str,
+    forwarded_for: str,
+    forwarded_proto: str,
+    forwarded_host: str,
+    request_id: str,
+) -> CIMultiDict[str]:
+    """Headers for the upstream request. Headers in `protected` (identity, X-Forwarded-*, X-Request-Id)
+    cannot be stripped by naming them in Connection: that trick would let a client erase its identity."""
+    nominated = connection_tokens(request.headers) - protected if "Connection" in request.headers else ()
+    out: CIMultiDict[str] = CIMultiDict()
+    for name, value in request.headers.items():
+        lower = name.lower()
+        if lower in _NOT_FORWARDED or lower in nominated or lower.startswith("x-forwarded-"):
+            continue
+        if lower == "x-request-id":
+            continue
+        out.add(name, value)
+    out["Host"] = host
+    out["X-Forwarded-For"] = forwarded_for
+    out["X-Forwarded-Proto"] = forwarded_proto
+    out["X-Forwarded-Host"] = forwarded_host
+    out["X-Request-Id"] = request_id
+    return out
+
+
+class BodyStream:
+    """The client's body streamed upstream, counted against a cap as it goes (client_max_size only covers read())."""
+
+    def __init__(self, request: web.BaseRequest, limit: int) -> None:
+        self._request = request
+        self._limit = limit
+        self.sent = 0
+        self.too_large = False
+
+    async def __aiter__(self) -> AsyncIterator[bytes]:
+        async for chunk in self._request.content.iter_any():
+            self.sent += len(chunk)
+            if self.sent > self._limit:
+                self.too_large = True
+                raise BodyTooLarge(f"request body over {self._limit} bytes")
+            yield chunk
+
+
+def classify(exc: BaseException) -> UpstreamError:
+    """Map a client-side exception to the kind of upstream failure it means."""
+    if isinstance(exc, UpstreamError):
+        return exc
+    if isinstance(exc, asyncio.TimeoutError | aiohttp.ServerTimeoutError):
+        return UpstreamError("timeout", "upstream timed out")
+    if isinstance(exc, aiohttp.ClientConnectorError):
+        return UpstreamError("connect_error", f"cannot connect to upstream ({exc.os_error.strerror or 'refused'})")
+    if isinstance(exc, aiohttp.ClientResponseError | aiohttp.ClientPayloadError):
+        return UpstreamError("protocol", f"malformed upstream response: {exc.__class__.__name__}")
+    if isinstance(exc, aiohttp.ServerDisconnectedError | aiohttp.ClientOSError | ConnectionError):
+        return UpstreamError("reset", "upstream closed the connection")
+    return UpstreamError("protocol", f"upstream error: {exc.__class__.__name__}")
+
+
+async def open_upstream(
+    client: UpstreamClient,
+    method: str,
+    url: str,
+    headers: CIMultiDict[str],
+    body: BodyStream | bytes | None,
+    *,
+    connect_timeout: float,
+    timeout: float,
+) -> aiohttp.ClientResponse:
+    """Send the request and wait for the response head. Raises UpstreamError or BodyTooLarge."""
+    try:
+        return await client.session.request(
+            method,
+            URL(url, encoded=True),
+            headers=headers,
+            data=body,
+            allow_redirects=False,
+            timeout=aiohttp.ClientTimeout(total=timeout, sock_connect=connect_timeout),
+            compress=False,
+        )
+    except BodyTooLarge:
+        raise
+    except (aiohttp.ClientError, asyncio.TimeoutError, OSError) as exc:
+        if isinstance(body, BodyStream) and body.too_large:
+            raise BodyTooLarge("request body too large") from None
+        raise classify(exc) from None
+
+
+def response_headers(upstream: aiohttp.ClientResponse, extra: Iterable[tuple[str, str]]) -> CIMultiDict[str]:
+    """Upstream response headers minus hop-by-hop ones (and those its Connection names); repeats kept."""
+    nominated = connection_tokens(upstream.headers) if "Connection" in upstream.headers else set()
+    out: CIMultiDict[str] = CIMultiDict()
+    for name, value in upstream.headers.items():
+        lower = name.lower()
+        if lower in _RESPONSE_SKIP or lower in nominated:
+            continue
+        out.add(name, value)
+    for name, value in extra:
+        out[name] = value
+    return out
+
+
+async def relay(
+    request: web.BaseRequest, upstream: aiohttp.ClientResponse, extra: Iterable[tuple[str, str]]
+) -> tuple[web.StreamResponse, int]:
+    """Stream the upstream response to the client. Returns the response and the body bytes written.
+
+    Once the head is sent a failure can only cut the connection: the exception propagates to the caller.
+    """
+    response = web.StreamResponse(status=upstream.status, reason=upstream.reason)
+    response.headers.extend(response_headers(upstream, extra))
+    if upstream.content_length is not None and "Transfer-Encoding" not in upstream.headers:
+        response.content_length = upstream.content_length
+    await response.prepare(request)
+    written = 0
+    async for chunk in upstream.content.iter_any():
+        written += len(chunk)
+        await response.write(chunk)
+    await response.write_eof()
+    return response, written

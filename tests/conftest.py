@@ -1,0 +1,66 @@
+"""Shared fixtures: real servers on loopback, a real redis-server, the gateway built from policy text."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from aiohttp import web
+from aiohttp.test_utils import TestClient, TestServer
+
+from gateway.app import RUNNER_KWARGS, build_app
+from gateway.logs import configure
+from gateway.policy.loader import load_policy
+from tests.support.redis import RedisProcess, shared_redis_url, start_redis
+from tests.support.upstream import recording_app
+
+configure("warning")
+
+GatewayFactory = Callable[..., Awaitable[TestClient[web.Request, web.Application]]]
+
+
+@pytest.fixture(scope="session")
+def redis_url() -> Iterator[str]:
+    """A real Redis for the session: REDIS_URL, or a redis-server started on a free port."""
+    url, server = shared_redis_url()
+    yield url
+    if server is not None:
+        server.stop()
+
+
+@pytest.fixture
+def private_redis() -> Iterator[RedisProcess]:
+    """A redis-server this test may kill, freeze and restart."""
+    server = start_redis()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+async def upstream() -> AsyncIterator[TestServer]:
+    """The recording upstream on a loopback port."""
+    server = TestServer(recording_app())
+    await server.start_server()
+    yield server
+    await server.close()
+
+
+@pytest.fixture
+async def make_gateway(tmp_path: Path) -> AsyncIterator[GatewayFactory]:
+    """Build and start the gateway from policy text (str.format fields filled from **fields)."""
+    clients: list[TestClient[web.Request, web.Application]] = []
+
+    async def factory(policy_text: str, **fields: Any) -> TestClient[web.Request, web.Application]:
+        path = tmp_path / f"policy{len(clients)}.yaml"
+        path.write_text(policy_text.format(**fields) if fields else policy_text)
+        app = build_app(load_policy(path))
+        client = TestClient(TestServer(app, **RUNNER_KWARGS))
+        await client.start_server()
+        clients.append(client)
+        return client
+
+    yield factory
+    for client in clients:
+        await client.close()
