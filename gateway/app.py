@@ -7,7 +7,10 @@ from collections.abc import AsyncIterator
 
 from aiohttp import web
 
+from gateway.events import Events
 from gateway.logs import get_logger
+from gateway.ops.auth import AdminAuth
+from gateway.ops.http import ADMIN_AUTH
 from gateway.pipeline import Pipeline
 from gateway.policy.loader import LoadedPolicy
 from gateway.runtime import Runtime, build_runtime
@@ -23,10 +26,11 @@ class Gateway:
 
     def __init__(self, loaded: LoadedPolicy) -> None:
         self.loaded = loaded
+        self.events = Events()
         self.runtime: Runtime | None = None
 
     def start(self) -> None:
-        self.runtime = build_runtime(self.loaded)
+        self.runtime = build_runtime(self.loaded, events=self.events)
 
     def current(self) -> Runtime:
         assert self.runtime is not None, "the gateway is not started"
@@ -47,7 +51,7 @@ RUNNER_KWARGS = {
 
 
 def build_app(loaded: LoadedPolicy) -> web.Application:
-    """The gateway application for a validated policy."""
+    """The gateway application for a validated policy: ops endpoints first, then the catch-all proxy."""
     server = loaded.policy.server
     app = web.Application(
         handler_args={
@@ -58,6 +62,7 @@ def build_app(loaded: LoadedPolicy) -> web.Application:
     )
     gateway = Gateway(loaded)
     app[GATEWAY] = gateway
+    app[ADMIN_AUTH] = AdminAuth(loaded.policy.admin)
     pipeline = Pipeline(gateway.current, observers=[])
 
     async def lifecycle(_: web.Application) -> AsyncIterator[None]:
@@ -66,5 +71,6 @@ def build_app(loaded: LoadedPolicy) -> web.Application:
         await gateway.close()
 
     app.cleanup_ctx.append(lifecycle)
+    # Ops endpoints: each module adds its routes here, before the catch-all.
     app.router.add_route("*", "/{tail:.*}", pipeline.handle)
     return app

@@ -10,7 +10,7 @@ import asyncio
 import os
 import re
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from typing import Any
 
 import orjson
@@ -28,15 +28,16 @@ _REQUEST_ID = re.compile(r"^[A-Za-z0-9._:\-]{1,128}$")
 Observer = Callable[[Outcome, Identity], None]
 
 
-def json_error(status: int, error: str, request_id: str, **fields: Any) -> web.Response:
-    """The gateway's own answers: a JSON reason, never a traceback."""
+def json_error(
+    status: int, error: str, request_id: str, headers: Iterable[tuple[str, str]] = (), **fields: Any
+) -> web.Response:
+    """The gateway's own answers: a JSON reason, never a traceback, never cached."""
     body = {"error": error, **fields, "request_id": request_id}
-    return web.Response(
-        status=status,
-        body=orjson.dumps(body),
-        content_type="application/json",
-        headers={"X-Request-Id": request_id, "Cache-Control": "no-store"},
-    )
+    response = web.Response(status=status, body=orjson.dumps(body), content_type="application/json")
+    response.headers.extend(headers)
+    response.headers["X-Request-Id"] = request_id
+    response.headers["Cache-Control"] = "no-store"
+    return response
 
 
 def request_id_of(request: web.BaseRequest) -> str:
@@ -137,7 +138,13 @@ class Pipeline:
         if length is not None and length > route.max_body:
             outcome.error = "body_too_large"
             return json_error(413, "body_too_large", request_id, route=route.name, limit=route.max_body)
+        extra_headers: list[tuple[str, str]] = [("X-Request-Id", request_id)]
 
+        # -- stage: rate limits (gateway/ratelimit) --
+
+        # -- stage: circuit breaker (gateway/breaker.py) --
+
+        # -- stage: proxy --
         client = route.client
         url = client.base + upstream_path(path, route) + query
         peer = request.remote or "unknown"
@@ -177,7 +184,7 @@ class Pipeline:
         outcome.upstream_status = upstream.status
         outcome.bytes_in = body.sent if body else 0
         try:
-            response, written = await relay(request, upstream, (("X-Request-Id", request_id),))
+            response, written = await relay(request, upstream, extra_headers)
             outcome.bytes_out = written
             return response
         except Exception as exc:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from gateway.events import Events
 from gateway.identity import ClientResolver
 from gateway.policy.loader import LoadedPolicy
 from gateway.policy.model import Policy, Retries, Route, Upstream
@@ -62,9 +63,10 @@ def compile_route(route: Route, policy: Policy, clients: dict[str, UpstreamClien
     )
 
 
-def build_runtime(loaded: LoadedPolicy, previous: Runtime | None = None) -> Runtime:
+def build_runtime(loaded: LoadedPolicy, previous: Runtime | None = None, *, events: Events | None = None) -> Runtime:
     """Build the runtime for a validated policy, reusing the previous runtime's unchanged upstream clients."""
     policy = loaded.policy
+    events = events if events is not None else Events()
     clients: dict[str, UpstreamClient] = {}
     for name, spec in policy.upstreams.items():
         if previous is not None and previous.upstream_specs.get(name) == spec:

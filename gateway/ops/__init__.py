@@ -1,0 +1,1 @@
+"""The ops surface: /api/ops/*, /metrics, admin authentication, audit."""
