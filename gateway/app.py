@@ -28,6 +28,7 @@ class Gateway:
         self.loaded = loaded
         self.events = Events()
         self.runtime: Runtime | None = None
+        self.draining = False  # set at the first shutdown signal: health answers 503 from then on
 
     def start(self) -> None:
         self.runtime = build_runtime(self.loaded, events=self.events)

@@ -38,10 +38,11 @@ def cmd_schema(_: argparse.Namespace) -> int:
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
-    from aiohttp import web
+    import asyncio
 
-    from gateway.app import RUNNER_KWARGS, build_app
+    from gateway.app import GATEWAY, RUNNER_KWARGS, build_app
     from gateway.logs import configure
+    from gateway.server import ConnectionLimits, serve
 
     if not c_parser_in_use():
         print(
@@ -57,20 +58,27 @@ def cmd_serve(args: argparse.Namespace) -> int:
             print(problem, file=sys.stderr)
         return 1
     configure(args.log_level)
-    try:
-        import uvloop
-
-        uvloop.install()
-    except ImportError:  # pragma: no cover - uvloop is a dependency on every supported platform
-        pass
     app = build_app(loaded)
-    web.run_app(
+    settings = loaded.policy.server
+
+    def draining() -> None:
+        app[GATEWAY].draining = True
+
+    main = serve(
         app,
         host=args.host,
         port=args.port,
-        **RUNNER_KWARGS,
-        print=lambda msg: print(f"gateway: {msg.splitlines()[0]}", file=sys.stderr),
+        limits=ConnectionLimits.from_policy(settings),
+        drain_timeout=settings.drain_timeout,
+        runner_kwargs=RUNNER_KWARGS,
+        on_draining=draining,
     )
+    try:
+        import uvloop
+    except ImportError:  # pragma: no cover - uvloop is a dependency where it exists
+        asyncio.run(main)
+    else:
+        uvloop.run(main)
     return 0
 
 

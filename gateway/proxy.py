@@ -127,7 +127,7 @@ def classify(exc: BaseException) -> UpstreamError:
     if isinstance(exc, asyncio.TimeoutError | aiohttp.ServerTimeoutError):
         return UpstreamError("timeout", "upstream timed out")
     if isinstance(exc, aiohttp.ClientConnectorError):
-        return UpstreamError("connect_error", f"cannot connect to upstream ({exc.os_error.strerror or 'refused'})")
+        return UpstreamError("connect_error", "cannot connect to upstream")
     if isinstance(exc, aiohttp.ClientResponseError | aiohttp.ClientPayloadError):
         return UpstreamError("protocol", f"malformed upstream response: {exc.__class__.__name__}")
     if isinstance(exc, aiohttp.ServerDisconnectedError | aiohttp.ClientOSError | ConnectionError):

@@ -13,10 +13,22 @@ from aiohttp.test_utils import TestClient, TestServer
 from gateway.app import RUNNER_KWARGS, build_app
 from gateway.logs import configure
 from gateway.policy.loader import load_policy
+from gateway.server import ConnectionLimits, GatewayRunner
 from tests.support.redis import RedisProcess, shared_redis_url, start_redis
 from tests.support.upstream import recording_app
 
 configure("warning")
+
+class GatewayTestServer(TestServer):
+    """A TestServer that runs the app exactly as `gateway serve` does: same runner, same settings."""
+
+    def __init__(self, app: web.Application, limits: ConnectionLimits, **kwargs: Any) -> None:
+        super().__init__(app, **RUNNER_KWARGS, **kwargs)
+        self._limits = limits
+
+    async def _make_runner(self, **kwargs: Any) -> GatewayRunner:
+        return GatewayRunner(self.app, limits=self._limits, **kwargs)
+
 
 GatewayFactory = Callable[..., Awaitable[TestClient[web.Request, web.Application]]]
 
@@ -55,8 +67,9 @@ async def make_gateway(tmp_path: Path) -> AsyncIterator[GatewayFactory]:
     async def factory(policy_text: str, **fields: Any) -> TestClient[web.Request, web.Application]:
         path = tmp_path / f"policy{len(clients)}.yaml"
         path.write_text(policy_text.format(**fields) if fields else policy_text)
-        app = build_app(load_policy(path))
-        client = TestClient(TestServer(app, **RUNNER_KWARGS))
+        loaded = load_policy(path)
+        app = build_app(loaded)
+        client = TestClient(GatewayTestServer(app, ConnectionLimits.from_policy(loaded.policy.server)))
         await client.start_server()
         clients.append(client)
         return client

@@ -1,0 +1,179 @@
+"""The HTTP server around the application: connection limits, a header deadline, JSON parser errors,
+and graceful shutdown.
+
+aiohttp by itself lets a connection that never completes its first request live until the keep-alive timer,
+answers parser errors in plain text with a logged traceback, and has no cap on connections. The classes here
+add those protections without touching the request path.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import orjson
+from aiohttp import web
+from aiohttp.http_exceptions import BadHttpMessage, LineTooLong
+from aiohttp.web_protocol import RequestHandler
+from aiohttp.web_request import BaseRequest
+
+from gateway.logs import get_logger
+from gateway.policy.model import Server as ServerSettings
+
+log = get_logger("gateway.server")
+
+
+@dataclass(frozen=True, slots=True)
+class ConnectionLimits:
+    max_connections: int
+    header_timeout: float
+
+    @classmethod
+    def from_policy(cls, server: ServerSettings) -> ConnectionLimits:
+        return cls(max_connections=server.max_connections, header_timeout=server.header_timeout)
+
+
+def _busy_response() -> bytes:
+    body = orjson.dumps({"error": "too_many_connections", "detail": "the gateway is at its connection limit"})
+    head = (
+        "HTTP/1.1 503 Service Unavailable\r\nContent-Type: application/json\r\nRetry-After: 1\r\n"
+        f"Cache-Control: no-store\r\nConnection: close\r\nContent-Length: {len(body)}\r\n\r\n"
+    )
+    return head.encode() + body
+
+
+_BUSY = _busy_response()
+
+
+class GatewayRequestHandler(RequestHandler):
+    """aiohttp's connection handler with a connection cap, a first-request header deadline and JSON errors."""
+
+    def __init__(self, manager: web.Server, *, limits: ConnectionLimits, **kwargs: Any) -> None:
+        super().__init__(manager, **kwargs)
+        self._limits = limits
+        self._header_timer: asyncio.TimerHandle | None = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        manager = self._manager
+        if manager is not None and len(manager.connections) >= self._limits.max_connections:
+            transport.write(_BUSY)  # type: ignore[attr-defined]
+            transport.close()
+            return
+        super().connection_made(transport)
+        self._header_timer = self._loop.call_later(self._limits.header_timeout, self._header_deadline)
+
+    def _header_deadline(self) -> None:
+        self._header_timer = None
+        if self._request_count == 0 and self.transport is not None:
+            # No complete request head within the deadline: a slow or idle client holding a slot.
+            self.force_close()
+            self.transport.close()
+
+    def connection_lost(self, exc: BaseException | None) -> None:
+        if self._header_timer is not None:
+            self._header_timer.cancel()
+            self._header_timer = None
+        if self._manager is None and self.transport is None:
+            return  # refused at connection_made: aiohttp never knew this connection
+        super().connection_lost(exc)
+
+    def handle_error(
+        self,
+        request: BaseRequest,
+        status: int = 500,
+        exc: BaseException | None = None,
+        message: str | None = None,
+    ) -> web.StreamResponse:
+        """Parser errors as JSON with a reason; 431 for oversized headers; one log line, no traceback."""
+        if request.writer.output_size > 0:
+            raise ConnectionError("response already started; cannot send an error")
+        error, detail = "bad_request", "malformed HTTP request"
+        if isinstance(exc, LineTooLong) or (isinstance(exc, BadHttpMessage) and "Too many headers" in str(exc)):
+            status, error, detail = 431, "headers_too_large", "request header fields too large"
+        elif isinstance(exc, BadHttpMessage):
+            detail = (exc.message or "malformed HTTP request").splitlines()[0].rstrip(":")
+        elif status >= 500:
+            error, detail = "gateway_error", "the gateway failed to handle the request"
+        log.warning("bad_request", status=status, peer=request.remote, detail=detail,
+                    exc=exc.__class__.__name__ if exc else None)
+        response = web.Response(
+            status=status, body=orjson.dumps({"error": error, "detail": detail}), content_type="application/json"
+        )
+        response.force_close()
+        return response
+
+
+class GatewayServer(web.Server):
+    def __init__(self, base: web.Server, limits: ConnectionLimits) -> None:
+        super().__init__(
+            base.request_handler,
+            request_factory=base.request_factory,
+            handler_cancellation=base.handler_cancellation,
+            loop=base._loop,
+            **base._kwargs,
+        )
+        self._limits = limits
+
+    def __call__(self) -> RequestHandler:
+        return GatewayRequestHandler(self, loop=self._loop, limits=self._limits, **self._kwargs)
+
+
+class GatewayRunner(web.AppRunner):
+    """An AppRunner whose server uses GatewayRequestHandler; the CLI and the tests both run through it."""
+
+    def __init__(self, app: web.Application, *, limits: ConnectionLimits, **kwargs: Any) -> None:
+        super().__init__(app, **kwargs)
+        self._limits = limits
+
+    async def _make_server(self) -> web.Server:
+        return GatewayServer(await super()._make_server(), self._limits)
+
+
+async def serve(
+    app: web.Application,
+    *,
+    host: str,
+    port: int,
+    limits: ConnectionLimits,
+    drain_timeout: float,
+    runner_kwargs: dict[str, Any],
+    on_draining: Callable[[], None] = lambda: None,
+    reuse_port: bool = False,
+) -> None:
+    """Run until SIGTERM/SIGINT, then drain: health turns 503 at once (`on_draining`), the listener stops
+    accepting, in-flight requests get `drain_timeout` to finish, cleanup hooks flush buffers. A second
+    signal exits at once."""
+    loop = asyncio.get_running_loop()
+    runner = GatewayRunner(app, limits=limits, shutdown_timeout=drain_timeout, **runner_kwargs)
+    await runner.setup()
+    site = web.TCPSite(runner, host, port, reuse_port=reuse_port, backlog=1024)
+    await site.start()
+    log.info("listening", host=host, port=port)
+    stop = asyncio.Event()
+    signals = 0
+
+    def on_signal(signum: int) -> None:
+        nonlocal signals
+        signals += 1
+        if signals > 1:
+            log.warning("second_signal_exit_now")
+            os._exit(1)
+        log.info("draining", signal=signal.Signals(signum).name, drain_timeout=drain_timeout)
+        on_draining()
+        stop.set()
+
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(signum, on_signal, signum)
+    try:
+        await stop.wait()
+    finally:
+        # Stop accepting, wait for in-flight handlers up to shutdown_timeout, then run the cleanup hooks
+        # (audit flush, pool close). The signal handlers stay: a second signal exits at once.
+        await runner.cleanup()
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            loop.remove_signal_handler(signum)
+        log.info("stopped")
