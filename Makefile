@@ -17,10 +17,10 @@ $(STAMP): pyproject.toml
 # Ctrl-C stops all three.
 run: $(STAMP)
 	@echo "gateway http://127.0.0.1:8000  upstream http://127.0.0.1:8001  payment provider http://127.0.0.1:8002"
-	@trap 'kill 0' INT TERM EXIT; \
-	$(BIN)/python -m upstream_app.provider --port 8002 & \
-	PAYMENT_PROVIDER_URL=http://127.0.0.1:8000/egress/payments $(BIN)/python -m upstream_app --port 8001 & \
-	$(BIN)/python -m gateway serve --policy policies.yaml --port 8000 & \
+	@$(BIN)/python -m upstream_app.provider --port 8002 & p1=$$!; \
+	PAYMENT_PROVIDER_URL=http://127.0.0.1:8000/egress/payments $(BIN)/python -m upstream_app --port 8001 & p2=$$!; \
+	$(BIN)/python -m gateway serve --policy policies.yaml --port 8000 & p3=$$!; \
+	trap 'kill -TERM $$p1 $$p2 $$p3 2>/dev/null; wait; exit 0' INT TERM; \
 	wait
 
 # Tests talk to a real redis-server; where the machine has none, install the Debian package and say so.
