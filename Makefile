@@ -35,6 +35,7 @@ test: $(STAMP) redis-server
 lint: $(STAMP)
 	$(BIN)/ruff check gateway upstream_app tests perf
 	$(BIN)/mypy
+	$(BIN)/hadolint Dockerfile
 	$(BIN)/pip-audit --skip-editable --progress-spinner off
 
 schema: $(STAMP)

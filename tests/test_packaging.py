@@ -1,0 +1,45 @@
+"""The image runs what the tests run: the same console script, the same policy check, the health path."""
+
+from __future__ import annotations
+
+import json
+import re
+import subprocess
+import sys
+import tomllib
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def dockerfile() -> str:
+    return (ROOT / "Dockerfile").read_text()
+
+
+def test_image_entry_point_is_the_console_script_the_tests_use() -> None:
+    scripts = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["scripts"]
+    assert scripts["gateway"] == "gateway.cli:main"
+    entry = re.search(r"^ENTRYPOINT (.+)$", dockerfile(), re.M)
+    assert entry is not None and json.loads(entry.group(1)) == ["gateway", "serve"]
+
+
+def test_image_runs_as_non_root_with_a_healthcheck_on_the_ops_health_path() -> None:
+    text = dockerfile()
+    user = re.findall(r"^USER (\S+)$", text, re.M)
+    assert user and user[-1] not in ("root", "0")
+    assert "HEALTHCHECK" in text and "/api/ops/health" in text
+
+
+def test_the_policy_baked_into_the_image_is_valid() -> None:
+    assert "COPY policies.yaml /etc/gateway/policies.yaml" in dockerfile()
+    run = subprocess.run([sys.executable, "-m", "gateway", "check", str(ROOT / "policies.yaml")],
+                         capture_output=True, text=True)
+    assert run.returncode == 0, run.stderr
+
+
+def test_refuses_to_start_without_the_c_http_parser() -> None:
+    env = {"AIOHTTP_NO_EXTENSIONS": "1", "PATH": "/usr/bin:/bin"}
+    run = subprocess.run([sys.executable, "-m", "gateway", "serve", "--policy", str(ROOT / "policies.yaml"),
+                          "--port", "1"], capture_output=True, text=True, env=env, timeout=30)
+    assert run.returncode == 2
+    assert "C HTTP parser" in run.stderr
