@@ -9,6 +9,7 @@ from __future__ import annotations
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from functools import lru_cache
 from typing import Generic, TypeVar
 from urllib.parse import unquote
 
@@ -60,6 +61,11 @@ class _Node(Generic[T]):
     candidates: list[tuple[int, int, frozenset[str] | None, re.Pattern[str], T]] = field(default_factory=list)
 
 
+# Compiled patterns outlive a policy: a reload of a 1,000-route policy recompiles only what changed
+# (re's own cache holds 512 patterns).
+_compile = lru_cache(maxsize=65536)(re.compile)
+
+
 def _with_head(methods: frozenset[str] | None) -> frozenset[str] | None:
     return methods | {"HEAD"} if methods is not None and "GET" in methods else methods
 
@@ -81,7 +87,7 @@ class Router(Generic[T]):
             node = self._root
             for segment in prefix.split("/")[1:-1]:  # whole segments only; a partial last one stays in the regex
                 node = node.children.setdefault(segment, _Node())
-            node.candidates.append((len(prefix), order, methods, re.compile(match.regex), target))
+            node.candidates.append((len(prefix), order, methods, _compile(match.regex), target))
             node.candidates.sort(key=lambda c: (-c[0], c[2] is None, c[1]))
 
     def match(self, method: str, path: str) -> T | None:
