@@ -1,0 +1,314 @@
+"""The gateway's Prometheus metrics and the ops JSON view of them.
+
+Nothing here runs per request. A custom collector reads, at scrape time, what the components already count:
+the SLO recorder's series (`Runtime.slo`), each breaker's `snapshot()` (`Runtime.breakers`) and the rate
+limiter's `stats()` (`Runtime.limiter`). Domain events that have no other home (rate-limit breaches, breaker
+transitions, policy reloads, Redis state changes) are counted here by an `Events` subscriber: a dictionary
+increment per event. The registry is the gateway's own, never prometheus-client's global one.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterator
+from typing import Any, Protocol
+
+from prometheus_client import CollectorRegistry, ProcessCollector
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
+from prometheus_client.exposition import generate_latest
+from prometheus_client.registry import Collector
+
+from gateway.events import Event, Events
+from gateway.logs import get_logger
+from gateway.policy.model import Policy
+from gateway.slo import SloRecorder
+
+log = get_logger("gateway.metrics")
+
+BREAKER_STATE_VALUES = {"closed": 0, "half_open": 1, "open": 2}
+STATUS_CLASSES = ("other", "1xx", "2xx", "3xx", "4xx", "5xx")
+MAX_EVENT_LABELS = 1000  # distinct label values kept per event counter; the rest are counted under "other"
+
+
+class RuntimeView(Protocol):
+    """What the collector reads from a runtime (attributes other teams add are read defensively)."""
+
+    @property
+    def policy(self) -> Policy: ...
+
+    @property
+    def slo(self) -> SloRecorder | None: ...
+
+
+class _Counts:
+    """Event counters keyed by bounded label tuples."""
+
+    def __init__(self) -> None:
+        self.values: dict[tuple[str, ...], int] = {}
+
+    def inc(self, *labels: str) -> None:
+        if labels not in self.values and len(self.values) >= MAX_EVENT_LABELS:
+            labels = tuple("other" for _ in labels)
+        self.values[labels] = self.values.get(labels, 0) + 1
+
+    def total(self) -> int:
+        return sum(self.values.values())
+
+
+def _le(bound: float) -> str:
+    """A bucket bound as Prometheus clients spell it (0.3 -> "0.3", 1 -> "1.0")."""
+    return repr(float(bound))
+
+
+def _text(value: Any, default: str = "unknown") -> str:
+    return value if isinstance(value, str) and value else default
+
+
+class GatewayMetrics:
+    """The gateway's registry: subscribe once to the events bus, read the current runtime at scrape time."""
+
+    def __init__(self, current: Callable[[], RuntimeView], events: Events) -> None:
+        self._current = current
+        self.breaches = _Counts()  # (limit,)
+        self.shadow_breaches = _Counts()  # (limit,)
+        self.transitions = _Counts()  # (breaker, from, to)
+        self.last_breaker_state: dict[str, str] = {}
+        self.reloads = _Counts()  # (result,)
+        self.last_reload_success: float | None = None
+        self.redis_changes = _Counts()  # (to,)
+        self.admin_actions = _Counts()  # (action,)
+        events.subscribe(self._on_event)
+        self.registry = CollectorRegistry(auto_describe=False)
+        self.registry.register(_GatewayCollector(self))
+        ProcessCollector(registry=self.registry)
+
+    def runtime(self) -> RuntimeView:
+        """The runtime the request path currently reads."""
+        return self._current()
+
+    def _on_event(self, event: Event) -> None:
+        fields = event.fields
+        kind = event.type
+        if kind == "rate_limit_hit":
+            limit = _text(fields.get("limit"))
+            (self.shadow_breaches if fields.get("shadow") else self.breaches).inc(limit)
+        elif kind == "circuit_state_change":
+            breaker, to = _text(fields.get("breaker")), _text(fields.get("to"))
+            self.transitions.inc(breaker, _text(fields.get("from")), to)
+            if breaker in self.last_breaker_state or len(self.last_breaker_state) < MAX_EVENT_LABELS:
+                self.last_breaker_state[breaker] = to
+        elif kind == "policy_reload":
+            result = "success" if fields.get("result") == "success" else "error"
+            self.reloads.inc(result)
+            if result == "success":
+                self.last_reload_success = event.time
+        elif kind == "redis_state_change":
+            to = "up" if fields.get("to") == "up" else "down"
+            self.redis_changes.inc(to)
+        elif kind == "admin_action":
+            self.admin_actions.inc(_text(fields.get("action")))
+
+    def exposition(self) -> bytes:
+        """The Prometheus text exposition of everything."""
+        return generate_latest(self.registry)
+
+    # -- the ops JSON view (/api/ops/metrics) --
+
+    def breakers(self) -> dict[str, dict[str, Any]]:
+        """name -> {state, failures, opened_at, retry_in, ...}: each breaker's own snapshot when the runtime
+        has breaker objects, else what the events said (state only)."""
+        runtime = self.runtime()
+        objects = getattr(runtime, "breakers", None)
+        out: dict[str, dict[str, Any]] = {}
+        if isinstance(objects, dict) and objects:
+            for name, breaker in sorted(objects.items()):
+                snap = dict(breaker.snapshot())
+                snap.pop("name", None)
+                out[name] = {
+                    "state": snap.pop("state", "closed"),
+                    "failures": snap.pop("failures", None),
+                    "opened_at": snap.pop("opened_at", None),
+                    "retry_in": snap.pop("retry_in", None),
+                    **snap,
+                }
+            return out
+        for name in sorted(runtime.policy.breakers):
+            out[name] = {"state": self.last_breaker_state.get(name, "closed"), "failures": None,
+                         "opened_at": None, "retry_in": None}
+        return out
+
+    def ops_report(self) -> dict[str, Any]:
+        """The body of GET /api/ops/metrics: the runbook's flat keys plus the structured SLO status."""
+        runtime = self.runtime()
+        metrics: dict[str, Any] = {}
+        slo = runtime.slo
+        statuses = slo.status() if slo is not None else {}
+        if slo is not None:
+            metrics.update(slo.flat(statuses))
+        metrics["rate_limit_breaches_total"] = self.breaches.total()
+        metrics["rate_limit_breaches"] = {k[0]: v for k, v in sorted(self.breaches.values.items())}
+        metrics["rate_limit_shadow_breaches_total"] = self.shadow_breaches.total()
+        metrics["circuit_breakers"] = self.breakers()
+        metrics["routes"] = statuses
+        metrics["window_seconds"] = slo.window if slo is not None else None
+        return {"metrics": metrics, "generated_at": time.time()}
+
+
+class _GatewayCollector(Collector):
+    """Reads the components' counters when Prometheus scrapes."""
+
+    def __init__(self, owner: GatewayMetrics) -> None:
+        self._owner = owner
+        self._le_cache: dict[tuple[float, ...], list[str]] = {}
+
+    def _les(self, bounds: tuple[float, ...]) -> list[str]:
+        les = self._le_cache.get(bounds)
+        if les is None:
+            les = [_le(b) for b in bounds] + ["+Inf"]
+            self._le_cache = {bounds: les}  # one policy at a time: keep only the latest
+        return les
+
+    def collect(self) -> Iterator[Metric]:
+        owner = self._owner
+        runtime = owner.runtime()
+        yield from self._slo(runtime.slo)
+        yield from self._breakers(runtime)
+        yield from self._events()
+        yield from self._limiter(runtime)
+
+    def _slo(self, slo: SloRecorder | None) -> Iterator[Metric]:
+        duration = HistogramMetricFamily(
+            "gateway_request_duration_seconds",
+            "From the first byte of the request in to the last byte of the response out.",
+            labels=["route", "method"],
+        )
+        upstream = HistogramMetricFamily(
+            "gateway_upstream_duration_seconds",
+            "From sending the request upstream to the end of the upstream response, by route and method.",
+            labels=["route", "method"],
+        )
+        requests = CounterMetricFamily(
+            "gateway_requests", "Requests answered, by route, method and status class.",
+            labels=["route", "method", "status_class"],
+        )
+        errors = CounterMetricFamily(
+            "gateway_request_errors",
+            "Requests counted as errors: 5xx (the gateway's own 502/503/504 included), and 429 when "
+            "slo.count_429_as_error is set.",
+            labels=["route", "method"],
+        )
+        throttled = CounterMetricFamily(
+            "gateway_requests_throttled", "Requests answered 429.", labels=["route", "method"]
+        )
+        for s in slo.all_series() if slo is not None else ():
+            labels = [s.route, s.method]
+            les = self._les(s.bounds)
+            for family, counts, total_sum in (
+                (duration, s.buckets, s.duration_sum),
+                (upstream, s.upstream_buckets, s.upstream_sum),
+            ):
+                running = 0
+                cumulative: list[tuple[str, float]] = []
+                for le, n in zip(les, counts, strict=True):
+                    running += n
+                    cumulative.append((le, running))
+                family.add_metric(labels, cumulative, total_sum)
+            for cls, n in enumerate(s.status_classes):
+                if cls or n:
+                    requests.add_metric([*labels, STATUS_CLASSES[cls]], n)
+            errors.add_metric(labels, s.errors_total)
+            throttled.add_metric(labels, s.throttled_total)
+        yield from (duration, upstream, requests, errors, throttled)
+
+    def _breakers(self, runtime: RuntimeView) -> Iterator[Metric]:
+        state = GaugeMetricFamily(
+            "gateway_circuit_breaker_state", "Circuit breaker state: 0 closed, 1 half_open, 2 open.",
+            labels=["breaker"],
+        )
+        by_breaker = ["breaker"]
+        calls = CounterMetricFamily("gateway_circuit_breaker_calls", "Calls admitted.", labels=by_breaker)
+        failures = CounterMetricFamily(
+            "gateway_circuit_breaker_failures", "Admitted calls counted as failures.", labels=by_breaker
+        )
+        rejected = CounterMetricFamily(
+            "gateway_circuit_breaker_rejected", "Calls refused while the breaker was open.", labels=by_breaker
+        )
+        for name, snap in self._owner.breakers().items():
+            state.add_metric([name], BREAKER_STATE_VALUES.get(str(snap.get("state")), 0))
+            for family, key in ((calls, "calls"), (failures, "failures"), (rejected, "rejected")):
+                value = snap.get(key)
+                if isinstance(value, int):
+                    family.add_metric([name], value)
+        yield from (state, calls, failures, rejected)
+
+    def _events(self) -> Iterator[Metric]:
+        owner = self._owner
+        specs: list[tuple[str, str, list[str], dict[tuple[str, ...], int]]] = [
+            ("gateway_rate_limit_breaches", "Requests refused (429) by a rate limit, by limit.",
+             ["limit"], owner.breaches.values),
+            ("gateway_rate_limit_shadow_breaches", "Requests a shadow-mode limit would have refused.",
+             ["limit"], owner.shadow_breaches.values),
+            ("gateway_circuit_breaker_transitions", "Circuit breaker state changes.",
+             ["breaker", "from", "to"], owner.transitions.values),
+            ("gateway_policy_reloads", "Policy reload attempts, by result.",
+             ["result"], owner.reloads.values),
+            ("gateway_redis_state_changes", "Redis availability changes seen by the gateway.",
+             ["to"], owner.redis_changes.values),
+            ("gateway_admin_actions", "Audited admin actions, by action.",
+             ["action"], owner.admin_actions.values),
+        ]
+        for name, doc, labels, values in specs:
+            family = CounterMetricFamily(name, doc, labels=labels)
+            for key, n in sorted(values.items()):
+                family.add_metric(list(key), n)
+            yield family
+        if owner.last_reload_success is not None:
+            yield GaugeMetricFamily(
+                "gateway_policy_last_reload_success_timestamp_seconds",
+                "Unix time of the last successful policy reload.", value=owner.last_reload_success,
+            )
+
+    def _limiter(self, runtime: RuntimeView) -> Iterator[Metric]:
+        # The rate-limit team's `Runtime.limiter.stats()`: read only the counters whose meaning is agreed.
+        limiter = getattr(runtime, "limiter", None)
+        stats_of = getattr(limiter, "stats", None)
+        if not callable(stats_of):
+            return
+        try:
+            stats = stats_of()
+        except Exception:  # a component's bug must not take the whole scrape down
+            log.exception("limiter_stats_failed")
+            return
+        if not isinstance(stats, dict):
+            return
+        checks = stats.get("checks")
+        if isinstance(checks, int):
+            yield CounterMetricFamily("gateway_rate_limit_checks", "Requests checked against rate limits.",
+                                      value=checks)
+        fallbacks = stats.get("fallbacks")
+        if isinstance(fallbacks, dict):
+            family = CounterMetricFamily(
+                "gateway_rate_limit_fallbacks", "Limit checks decided without Redis, by action.",
+                labels=["action"],
+            )
+            for action, n in sorted(fallbacks.items()):
+                family.add_metric([str(action)], n)
+            yield family
+        buckets = stats.get("local_buckets")
+        if isinstance(buckets, int):
+            yield GaugeMetricFamily("gateway_rate_limit_local_buckets", "In-process token buckets held.",
+                                    value=buckets)
+        redis = stats.get("redis")
+        if isinstance(redis, dict):  # None when no Redis is configured
+            yield CounterMetricFamily(
+                "gateway_redis_errors", "Rate limiter Redis calls that failed or timed out.",
+                value=int(redis.get("errors") or 0),
+            )
+            yield CounterMetricFamily(
+                "gateway_redis_skipped", "Limit checks that skipped Redis while it was down.",
+                value=int(redis.get("skipped") or 0),
+            )
+            yield GaugeMetricFamily(
+                "gateway_redis_up", "1 when the rate limiter's Redis is reachable, else 0.",
+                value=1.0 if redis.get("up") else 0.0,
+            )
