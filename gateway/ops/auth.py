@@ -3,13 +3,17 @@
 A header a client sets is not authentication. Two ways in:
 - `Authorization: Bearer <token>`, tokens from the env var named by `admin.tokens_env` (comma-separated) or
   the file `admin.tokens_file` (one per line), compared in constant time; accepted from any network.
-- the runbook's `X-User-Id: <admin-uuid>`, believed only when the peer is in `admin.trusted_networks`.
+- the runbook's `X-User-Id: <admin-uuid>` (the policy's `identity.user_header`), believed only when the client
+  is in `admin.trusted_networks`. The client is the TCP peer, or, when the peer is one of
+  `identity.trusted_proxies`, the address that proxy forwarded for: a proxy on loopback must not turn every
+  remote caller into a loopback one.
 Everything else is 401 (no credentials) or 403 (credentials, but not an admin). Failed attempts are limited
 per client address so tokens cannot be guessed at line rate.
 """
 
 from __future__ import annotations
 
+import hashlib
 import hmac
 import ipaddress
 import os
@@ -19,21 +23,33 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from gateway.policy.model import Admin
+from gateway.identity import ClientResolver
+from gateway.logs import get_logger
+from gateway.policy.model import Admin, Identity
+
+log = get_logger("gateway.ops.auth")
 
 MAX_FAILURES = 10  # per client address per window
 FAILURE_WINDOW = 60.0
+MIN_TOKEN_LENGTH = 16
 _TRACKED_CLIENTS = 10_000
 
 
 @dataclass(frozen=True, slots=True)
 class Verdict:
     status: int  # 200 when admitted, else 401 / 403 / 429
-    principal: str | None  # "token:<n>" or "user:<id>" when admitted
+    principal: str | None  # "token:<fingerprint>" or "user:<id>" when admitted
     reason: str
+    client: str = "unknown"  # the address the decision was made for
+    retry_after: int | None = None  # seconds, with 429
 
 
-def load_tokens(admin: Admin) -> tuple[bytes, ...]:
+def _digest(value: str) -> bytes:
+    # Comparing fixed-length digests keeps compare_digest from leaking the length of the secret.
+    return hashlib.sha256(value.encode()).digest()
+
+
+def load_tokens(admin: Admin) -> tuple[str, ...]:
     """Bearer tokens from the environment variable and the secret file the policy names."""
     tokens: list[str] = []
     raw = os.environ.get(admin.tokens_env, "")
@@ -41,62 +57,110 @@ def load_tokens(admin: Admin) -> tuple[bytes, ...]:
     if admin.tokens_file:
         try:
             tokens.extend(line.strip() for line in Path(admin.tokens_file).read_text().splitlines())
-        except OSError:
-            pass  # reported by `check`? a missing secret file simply yields no tokens
-    return tuple(t.encode() for t in tokens if len(t) >= 16)  # short tokens are guessable: ignored
+        except OSError as exc:
+            log.warning("admin_tokens_file_unreadable", path=admin.tokens_file, error=str(exc))
+    usable = tuple(t for t in tokens if len(t) >= MIN_TOKEN_LENGTH and not t.startswith("#"))
+    short = sum(1 for t in tokens if t and not t.startswith("#") and len(t) < MIN_TOKEN_LENGTH)
+    if short:  # short tokens are guessable: ignored, loudly
+        log.warning("admin_tokens_ignored", count=short, reason=f"shorter than {MIN_TOKEN_LENGTH} characters")
+    return usable
+
+
+def fingerprint(token: str) -> str:
+    """A short, stable, non-reversible name for a token: what the audit trail records as the principal."""
+    return hashlib.sha256(token.encode()).hexdigest()[:12]
 
 
 class AdminAuth:
     """Decides whether a request to the ops API comes from an admin. Built once per policy."""
 
-    def __init__(self, admin: Admin, clock: Callable[[], float] = time.monotonic) -> None:
-        self._tokens = load_tokens(admin)
-        self._user_ids = tuple(u.encode() for u in admin.user_ids)
+    def __init__(
+        self, admin: Admin, identity: Identity | None = None, clock: Callable[[], float] = time.monotonic
+    ) -> None:
+        self._tokens = tuple((_digest(t), f"token:{fingerprint(t)}") for t in load_tokens(admin))
+        self._user_ids = tuple((_digest(u), u) for u in admin.user_ids)
         self._networks = admin.trusted_networks
+        self._proxies = identity.trusted_proxies if identity is not None else ()
+        self._resolver = ClientResolver(self._proxies)
+        self.user_header = identity.user_header if identity is not None else "X-User-Id"
         self._clock = clock
         self._failures: OrderedDict[str, tuple[float, int]] = OrderedDict()
 
-    def _trusted(self, peer: str | None) -> bool:
+    @property
+    def has_tokens(self) -> bool:
+        return bool(self._tokens)
+
+    def _in(self, address: str, networks: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...]) -> bool:
         try:
-            ip = ipaddress.ip_address(peer or "")
+            ip = ipaddress.ip_address(address.strip("[]"))
         except ValueError:
             return False
-        return any(ip in net for net in self._networks)
+        if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
+            ip = ip.ipv4_mapped
+        return any(ip in net for net in networks)
 
-    def _limited(self, peer: str) -> bool:
-        entry = self._failures.get(peer)
-        return entry is not None and self._clock() - entry[0] < FAILURE_WINDOW and entry[1] >= MAX_FAILURES
+    def client_of(self, peer: str | None, forwarded_for: str | None) -> tuple[str, bool]:
+        """(client address, whether X-User-Id may be believed from it)."""
+        peer = peer or "unknown"
+        client = self._resolver.client_ip(peer, forwarded_for)
+        if client == peer and self._proxies and self._in(peer, self._proxies):
+            return client, False  # a proxy that did not say whom it forwards for: the caller is unknown
+        return client, self._in(client, self._networks)
 
-    def _fail(self, peer: str, status: int, reason: str) -> Verdict:
+    def _retry_after(self, client: str) -> int | None:
+        entry = self._failures.get(client)
+        if entry is None:
+            return None
+        elapsed = self._clock() - entry[0]
+        if elapsed < FAILURE_WINDOW and entry[1] >= MAX_FAILURES:
+            return max(1, int(FAILURE_WINDOW - elapsed + 0.999))
+        return None
+
+    def _fail(self, client: str, status: int, reason: str) -> Verdict:
         now = self._clock()
-        start, count = self._failures.get(peer, (now, 0))
+        start, count = self._failures.get(client, (now, 0))
         if now - start >= FAILURE_WINDOW:
             start, count = now, 0
-        self._failures[peer] = (start, count + 1)
-        self._failures.move_to_end(peer)
-        while len(self._failures) > _TRACKED_CLIENTS:
+        self._failures[client] = (start, count + 1)
+        self._failures.move_to_end(client)
+        while len(self._failures) > _TRACKED_CLIENTS:  # bounded memory under a spray of addresses
             self._failures.popitem(last=False)
-        return Verdict(status, None, reason)
+        return Verdict(status, None, reason, client)
 
-    def check(self, peer: str | None, authorization: str | None, user_id: str | None) -> Verdict:
+    def check(
+        self,
+        peer: str | None,
+        authorization: str | None,
+        user_id: str | None,
+        forwarded_for: str | None = None,
+    ) -> Verdict:
         """Admit or refuse one ops request from `peer` with the given credentials."""
-        key = peer or "unknown"
-        if self._limited(key):
-            return Verdict(429, None, "too many failed admin attempts; try again later")
+        client, trusted = self.client_of(peer, forwarded_for)
+        retry_after = self._retry_after(client)
+        if retry_after is not None:
+            return Verdict(429, None, "too many failed admin attempts; try again later", client, retry_after)
         if authorization:
-            scheme, _, token = authorization.partition(" ")
+            scheme, _, token = authorization.strip().partition(" ")
             if scheme.lower() != "bearer" or not token.strip():
-                return self._fail(key, 401, "Authorization must be 'Bearer <token>'")
-            given = token.strip().encode()
-            for i, known in enumerate(self._tokens):
+                return self._fail(client, 401, "Authorization must be 'Bearer <token>'")
+            given = _digest(token.strip())
+            principal = None
+            for known, name in self._tokens:  # no early exit: the time taken does not say which token matched
                 if hmac.compare_digest(given, known):
-                    return Verdict(200, f"token:{i}", "bearer token")
-            return self._fail(key, 403, "unknown bearer token")
-        if user_id:
-            if not self._trusted(peer):
-                return self._fail(key, 403, "X-User-Id is only accepted as admin from admin.trusted_networks")
-            given = user_id.strip().encode()
-            if any(hmac.compare_digest(given, known) for known in self._user_ids):
-                return Verdict(200, f"user:{user_id.strip()}", "admin user id from a trusted network")
-            return self._fail(key, 403, "not an admin")
-        return self._fail(key, 401, "admin credentials required (Authorization: Bearer <token>)")
+                    principal = name
+            if principal is not None:
+                return Verdict(200, principal, "bearer token", client)
+            return self._fail(client, 403, "unknown bearer token")
+        if user_id and user_id.strip():
+            if not trusted:
+                return self._fail(client, 403, "X-User-Id is only accepted as admin from"
+                                  " admin.trusted_networks; use Authorization: Bearer <token>")
+            given = _digest(user_id.strip())
+            matched = None
+            for known, name in self._user_ids:
+                if hmac.compare_digest(given, known):
+                    matched = name
+            if matched is not None:
+                return Verdict(200, f"user:{matched}", "admin user id from a trusted network", client)
+            return self._fail(client, 403, "not an admin")
+        return self._fail(client, 401, "admin credentials required (Authorization: Bearer <token>)")

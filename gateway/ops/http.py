@@ -1,31 +1,53 @@
-"""Helpers shared by every ops handler: JSON answers and the admin gate (audited)."""
+"""Helpers shared by every ops handler: JSON answers, the JSON body reader and the admin gate (audited).
+
+Every call that passes `admin_only` produces exactly one `admin_action` event when it finishes: principal,
+action, status, and for state changes the before/after a handler records with `record_action` (a handler that
+emits its own `admin_action` instead is noticed through `watch_admin_actions` and not audited twice). Refused
+attempts (401/403) are audited as action "auth_failed"; 429s are not (they are the limiter doing its job, and
+auditing them would let a flood of guesses flood the trail).
+"""
 
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
+from contextvars import ContextVar
 from typing import Any
 
 import orjson
 from aiohttp import web
 
+from gateway.events import Event, Events
+from gateway.logs import get_logger
 from gateway.ops.auth import AdminAuth
+
+log = get_logger("gateway.ops")
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 ADMIN_AUTH = web.AppKey("admin_auth", AdminAuth)
-PRINCIPAL = "gateway.principal"  # request key holding who the admin is
+EVENTS = web.AppKey("events", Events)  # the gateway's domain event bus, for the audit of admin calls
+PRINCIPAL = web.RequestKey("principal", str)  # who the admin is: "token:<fingerprint>" or "user:<id>"
+_ACTION = web.RequestKey("admin_action", tuple)  # (action, before, after) recorded by the handler
+# Set while an admin call runs: [True] once the handler has emitted its own admin_action (seen by
+# `watch_admin_actions`), so the gate does not audit the same call twice.
+_AUDITED: ContextVar[list[bool] | None] = ContextVar("admin_call_audited", default=None)
+
+
+def _dumps(data: Any) -> bytes:
+    return orjson.dumps(data, default=str, option=orjson.OPT_NON_STR_KEYS)
 
 
 def json_response(data: Any, status: int = 200, headers: dict[str, str] | None = None) -> web.Response:
     """A JSON answer that is never cached."""
     return web.Response(
         status=status,
-        body=orjson.dumps(data, option=orjson.OPT_NON_STR_KEYS),
+        body=_dumps(data),
         content_type="application/json",
         headers={"Cache-Control": "no-store", **(headers or {})},
     )
 
 
 def problem(status: int, error: str, detail: str | None = None, **fields: Any) -> web.Response:
+    """A 4xx/5xx JSON answer: {"error": <code>, "detail": <reason>, ...}."""
     body: dict[str, Any] = {"error": error}
     if detail is not None:
         body["detail"] = detail
@@ -33,43 +55,132 @@ def problem(status: int, error: str, detail: str | None = None, **fields: Any) -
     return json_response(body, status)
 
 
+def _http_error(cls: type[web.HTTPError], error: str, detail: str, **kwargs: Any) -> web.HTTPError:
+    return cls(text=_dumps({"error": error, "detail": detail}).decode(), content_type="application/json",
+               headers={"Cache-Control": "no-store"}, **kwargs)
+
+
 async def read_json(request: web.Request, max_bytes: int = 1 << 20) -> Any:
-    """The request's JSON body, or raise a 400/413 JSON answer with the reason."""
+    """The request's JSON body, or raise a 400/413 JSON answer with the reason.
+
+    The body is parsed as JSON whatever the Content-Type says: `curl -d '{...}'` sends
+    application/x-www-form-urlencoded, and the runbook's commands must work as written.
+    """
     if request.content_length is not None and request.content_length > max_bytes:
-        raise web.HTTPRequestEntityTooLarge(
-            max_size=max_bytes, actual_size=request.content_length,
-            text=orjson.dumps({"error": "body_too_large"}).decode(), content_type="application/json",
-        )
+        raise _http_error(web.HTTPRequestEntityTooLarge, "body_too_large",
+                          f"the body is over {max_bytes} bytes", max_size=max_bytes,
+                          actual_size=request.content_length)
     raw = await request.content.read(max_bytes + 1)
     if len(raw) > max_bytes:
-        raise web.HTTPRequestEntityTooLarge(
-            max_size=max_bytes, actual_size=len(raw),
-            text=orjson.dumps({"error": "body_too_large"}).decode(), content_type="application/json",
-        )
+        raise _http_error(web.HTTPRequestEntityTooLarge, "body_too_large",
+                          f"the body is over {max_bytes} bytes", max_size=max_bytes, actual_size=len(raw))
     if not raw.strip():
         return {}
     try:
         return orjson.loads(raw)
     except orjson.JSONDecodeError as exc:
-        raise web.HTTPBadRequest(
-            text=orjson.dumps({"error": "invalid_json", "detail": str(exc)}).decode(),
-            content_type="application/json",
-        ) from None
+        raise _http_error(web.HTTPBadRequest, "invalid_json", f"the body is not JSON: {exc}") from None
+
+
+def record_action(request: web.Request, action: str, before: Any = None, after: Any = None) -> None:
+    """Name what an admin handler did (e.g. "breaker.close") and the state before/after, for the audit."""
+    request[_ACTION] = (action, before, after)
+
+
+def _default_action(request: web.Request) -> str:
+    resource = request.match_info.route.resource
+    path = resource.canonical if resource is not None else request.path
+    return f"{request.method} {path}"
+
+
+def watch_admin_actions(event: Event) -> None:
+    """Events subscriber: notes that the admin call in progress (same task context) audited itself."""
+    if event.type == "admin_action":
+        audited = _AUDITED.get()
+        if audited is not None:
+            audited[0] = True
+
+
+def install(app: web.Application, events: Events) -> None:
+    """Give the ops handlers the event bus `admin_only` audits to (call once per application)."""
+    app[EVENTS] = events
+    events.subscribe(watch_admin_actions)
+
+
+def _emit(request: web.Request, **fields: Any) -> None:
+    events = request.app.get(EVENTS)
+    if events is not None:
+        events.emit("admin_action", **fields)
 
 
 def admin_only(handler: Handler) -> Handler:
-    """Wrap an ops handler: 401/403/429 with a JSON reason unless the caller is an admin."""
+    """Wrap an ops handler: 401/403/429 with a JSON reason unless the caller is an admin; audit the call."""
 
     async def wrapped(request: web.Request) -> web.StreamResponse:
         auth = request.app[ADMIN_AUTH]
-        verdict = auth.check(request.remote, request.headers.get("Authorization"), request.headers.get("X-User-Id"))
+        headers = request.headers
+        verdict = auth.check(request.remote, headers.get("Authorization"), headers.get(auth.user_header),
+                             headers.get("X-Forwarded-For"))
         if verdict.status != 200:
-            headers = {"WWW-Authenticate": 'Bearer realm="gateway-ops"'} if verdict.status == 401 else {}
-            return json_response({"error": "unauthorized" if verdict.status == 401 else "forbidden",
-                                  "detail": verdict.reason}, verdict.status, headers)
-        request[PRINCIPAL] = verdict.principal
-        return await handler(request)
+            extra: dict[str, str] = {}
+            if verdict.status == 401:
+                extra["WWW-Authenticate"] = 'Bearer realm="gateway-ops"'
+            if verdict.retry_after is not None:
+                extra["Retry-After"] = str(verdict.retry_after)
+            if verdict.status != 429:
+                _emit(request, principal=None, action="auth_failed", before=None, after=None,
+                      method=request.method, path=request.path, status=verdict.status, client=verdict.client,
+                      reason=verdict.reason)
+            error = {401: "unauthorized", 403: "forbidden", 429: "too_many_attempts"}.get(verdict.status,
+                                                                                          "denied")
+            return json_response({"error": error, "detail": verdict.reason}, verdict.status, extra)
+        request[PRINCIPAL] = verdict.principal or ""
+        status = 500
+        audited = [False]
+        token = _AUDITED.set(audited)
+        try:
+            response = await handler(request)
+            status = response.status
+            return response
+        except web.HTTPException as exc:
+            status = exc.status
+            raise
+        except Exception:
+            # A handler's bug becomes a JSON reason, never a traceback (aiohttp's default is a text 500).
+            log.exception("ops_handler_failed", handler=handler.__name__, path=request.path)
+            return problem(500, "internal_error", "the ops handler failed; see the gateway log")
+        finally:
+            _AUDITED.reset(token)
+            if not audited[0]:
+                action, before, after = request.get(_ACTION) or (_default_action(request), None, None)
+                _emit(request, principal=verdict.principal, action=action, before=before, after=after,
+                      method=request.method, path=request.path, status=status, client=verdict.client)
 
     wrapped.__name__ = handler.__name__
     wrapped.__doc__ = handler.__doc__
+    wrapped.__wrapped__ = handler  # type: ignore[attr-defined]
     return wrapped
+
+
+OPS_PREFIX = "/api/ops"
+
+
+async def _ops_not_found(request: web.Request) -> web.Response:
+    """405 with Allow for a known ops path and another method, else 404: JSON either way, never proxied."""
+    allowed: set[str] = set()
+    for resource in request.app.router.resources():
+        if resource is request.match_info.route.resource or not resource.canonical.startswith(OPS_PREFIX):
+            continue
+        match, methods = await resource.resolve(request)
+        if match is None:
+            allowed |= methods
+    if allowed:
+        detail = f"{request.method} is not allowed here"
+        return json_response({"error": "method_not_allowed", "detail": detail, "allowed": sorted(allowed)},
+                             405, {"Allow": ", ".join(sorted(allowed))})
+    return problem(404, "not_found", f"no ops endpoint at {request.path}")
+
+
+def add_ops_fallback(app: web.Application) -> None:
+    """After every ops route: the /api/ops/ namespace is the gateway's and never reaches the upstream."""
+    app.router.add_route("*", OPS_PREFIX + "/{tail:.*}", _ops_not_found)
