@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-$(shell cksum pyproject.toml | cut -d' ' -f1)
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: run test lint schema perf bench soak docker redis-server promtool clean
+.PHONY: run test lint schema perf bench soak docker test-tools clean
 
 $(STAMP): pyproject.toml
 	@test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -23,13 +23,17 @@ run: $(STAMP)
 	trap 'kill -TERM $$p1 $$p2 $$p3 2>/dev/null; wait; exit 0' INT TERM; \
 	wait
 
-# Tests talk to a real redis-server; where the machine has none, install the Debian package and say so.
-redis-server:
+# Tests talk to a real redis-server and check alert rules with promtool; where the machine lacks either,
+# install the Debian package (redis-server, prometheus) and say so.
+test-tools:
 	@command -v redis-server >/dev/null || { \
 	  echo "make test: no redis-server on PATH: installing the Debian package redis-server"; \
 	  $(SUDO) apt-get update -qq && DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq redis-server >/dev/null; }
+	@command -v promtool >/dev/null || { \
+	  echo "make test: no promtool on PATH: installing the Debian package prometheus (for promtool)"; \
+	  $(SUDO) apt-get update -qq && DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq --no-install-recommends prometheus >/dev/null; }
 
-test: $(STAMP) redis-server
+test: $(STAMP) test-tools
 	$(BIN)/python -m pytest -q
 
 lint: $(STAMP)
@@ -41,7 +45,13 @@ lint: $(STAMP)
 schema: $(STAMP)
 	$(BIN)/python -m gateway schema > config/policy.schema.json
 
-bench: $(STAMP)
+# A load run judged against the SLOs (vegeta when on PATH, else the built-in attacker): make perf SCENARIO=abuse
+SCENARIO ?= steady
+perf: $(STAMP) test-tools
+	$(BIN)/python -m gateway perf run $(SCENARIO)
+
+# The overhead benchmark (not a test): direct vs bare aiohttp proxy vs the gateway vs nginx; see perf/README.md.
+bench: $(STAMP) test-tools
 	$(BIN)/python perf/bench_overhead.py
 
 docker:

@@ -3,17 +3,32 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
+import time
+from collections.abc import AsyncIterator, Callable
+from pathlib import Path
 
 from aiohttp import web
 
+from gateway.alerts_webhook import AlertWebhook
+from gateway.audit import AuditTrail, build_audit
+from gateway.cors import add_proxy_route
 from gateway.events import Events
 from gateway.logs import get_logger
+from gateway.metrics import GatewayMetrics
+from gateway.ops import breakers as breaker_ops
+from gateway.ops import export as export_ops
+from gateway.ops import health as health_ops
+from gateway.ops import metrics as metrics_ops
+from gateway.ops import policy as policy_ops
+from gateway.ops import ratelimits as ratelimit_ops
 from gateway.ops.auth import AdminAuth
 from gateway.ops.http import ADMIN_AUTH
+from gateway.ops.http import install as install_ops
 from gateway.pipeline import Pipeline
 from gateway.policy.loader import LoadedPolicy
+from gateway.reload import RELOADER, Reloader, ReloadResult
 from gateway.runtime import Runtime, build_runtime
+from gateway.slo import slo_observer
 
 log = get_logger("gateway.app")
 
@@ -24,22 +39,47 @@ class Gateway:
     The runtime is built when the application starts (connection pools need the running loop).
     """
 
-    def __init__(self, loaded: LoadedPolicy) -> None:
+    def __init__(self, loaded: LoadedPolicy, clock: Callable[[], float] = time.monotonic) -> None:
         self.loaded = loaded
+        self.clock = clock  # the monotonic clock breakers and retry budgets read; tests pass one they move
         self.events = Events()
         self.runtime: Runtime | None = None
         self.draining = False  # set at the first shutdown signal: health answers 503 from then on
+        self.audit: AuditTrail | None = None  # stores every domain event (build_app subscribes it)
+        self.reloader = Reloader(self)
 
-    def start(self) -> None:
-        self.runtime = build_runtime(self.loaded, events=self.events)
+    def build(self, loaded: LoadedPolicy, previous: Runtime | None = None) -> Runtime:
+        """A runtime for `loaded` wired to this gateway (events, clock): used by start and every reload."""
+        return build_runtime(loaded, previous, events=self.events, clock=self.clock)
+
+    async def start(self) -> None:
+        self.runtime = self.build(self.loaded)
+        if self.runtime.limiter is not None:
+            await self.runtime.limiter.start()
 
     def current(self) -> Runtime:
         assert self.runtime is not None, "the gateway is not started"
         return self.runtime
 
+    @property
+    def last_error(self) -> str | None:
+        """The last rejected reload, by location (health is public); None once a reload succeeds."""
+        return self.reloader.error_summary()
+
+    async def reload(self) -> ReloadResult:
+        """Load the policy file again and swap it in if valid (the same path as the watcher and SIGHUP)."""
+        return await self.reloader.reload("api")
+
+    async def rollback(self) -> ReloadResult:
+        """Return to the previous policy held in memory."""
+        return await self.reloader.rollback()
+
     async def close(self) -> None:
+        await self.reloader.close()  # first: no reload may swap in while the runtime closes
         if self.runtime is not None:
             await asyncio.gather(*(client.close() for client in self.runtime.clients.values()))
+            if self.runtime.limiter is not None:
+                await self.runtime.limiter.close()
 
 
 GATEWAY = web.AppKey("gateway", Gateway)
@@ -51,8 +91,13 @@ RUNNER_KWARGS = {
 }
 
 
-def build_app(loaded: LoadedPolicy) -> web.Application:
-    """The gateway application for a validated policy: ops endpoints first, then the catch-all proxy."""
+def build_app(
+    loaded: LoadedPolicy, *, watch: bool = True, clock: Callable[[], float] = time.monotonic
+) -> web.Application:
+    """The gateway application for a validated policy: ops endpoints first, then the catch-all proxy.
+
+    `watch`: reload when the policy file changes on disk (SIGHUP and POST /api/ops/reload always work).
+    """
     server = loaded.policy.server
     app = web.Application(
         handler_args={
@@ -61,17 +106,63 @@ def build_app(loaded: LoadedPolicy) -> web.Application:
             "keepalive_timeout": server.idle_timeout,
         },
     )
-    gateway = Gateway(loaded)
+    gateway = Gateway(loaded, clock=clock)
     app[GATEWAY] = gateway
-    app[ADMIN_AUTH] = AdminAuth(loaded.policy.admin)
-    pipeline = Pipeline(gateway.current, observers=[])
+    app[RELOADER] = gateway.reloader
+    app[ADMIN_AUTH] = AdminAuth(loaded.policy.admin, loaded.policy.identity)
+    install_ops(app, gateway.events)
+    storage = loaded.policy.storage
+    audit = gateway.audit = build_audit(
+        loaded.policy.audit, storage.redis_url, storage.key_prefix, storage.timeout,
+        Path(loaded.source).resolve().parent, cluster=storage.cluster,
+    )
+    gateway.events.subscribe(audit)  # subscribed first and closed last: it sees every event, even at shutdown
+
+    async def audit_lifecycle(_: web.Application) -> AsyncIterator[None]:
+        audit.start()
+        yield
+        await audit.close()  # drains the queue: a clean restart loses no event
+
+    app.cleanup_ctx.append(audit_lifecycle)
+    health = app[health_ops.HEALTH] = health_ops.HealthTracker(gateway)
+    gateway.events.subscribe(health.on_event)
+
+    async def mark_draining(_: web.Application) -> None:
+        gateway.draining = True  # the CLI sets it at the signal already; other runners get it here
+
+    app.on_shutdown.append(mark_draining)
+    app[metrics_ops.METRICS] = GatewayMetrics(gateway.current, gateway.events)
+    pipeline = Pipeline(gateway.current, observers=[slo_observer(gateway.current), health.observe])
 
     async def lifecycle(_: web.Application) -> AsyncIterator[None]:
-        gateway.start()
+        await gateway.start()
+        await gateway.reloader.start(watch=watch)
         yield
         await gateway.close()
 
     app.cleanup_ctx.append(lifecycle)
+    webhook_url = loaded.policy.alerts.webhook_url
+    if webhook_url is not None:
+        webhook = AlertWebhook(webhook_url)
+        gateway.events.subscribe(webhook.on_event)  # queues only; delivery runs in the webhook's own task
+
+        async def alerts(_: web.Application) -> AsyncIterator[None]:
+            await webhook.start()
+            yield
+            await webhook.close()
+
+        app.cleanup_ctx.append(alerts)
     # Ops endpoints: each module adds its routes here, before the catch-all.
-    app.router.add_route("*", "/{tail:.*}", pipeline.handle)
+    app[breaker_ops.BREAKERS] = lambda: gateway.current().breakers
+    breaker_ops.add_routes(app)
+    policy_ops.add_routes(app)
+    app[ratelimit_ops.RATE_LIMITS] = lambda: (
+        gateway.runtime.limiter if gateway.runtime is not None else None, gateway.events
+    )
+    ratelimit_ops.add_routes(app)
+    health_ops.add_routes(app)
+    export_ops.add_routes(app)
+    metrics_ops.add_routes(app)
+    # Last: the proxy, with CORS if configured, and before it a JSON 404/405 for the rest of /api/ops/.
+    add_proxy_route(app, pipeline.handle, loaded.policy.cors)
     return app

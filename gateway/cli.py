@@ -37,12 +37,23 @@ def cmd_schema(_: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_alerts(args: argparse.Namespace) -> int:
+    """Prometheus alert rules (or, with --grafana, the Grafana dashboard) for a policy, on stdout."""
+    from gateway.alert_rules import render_yaml
+    from gateway.dashboard import render_json
+
+    try:
+        loaded = load_policy(args.file)
+    except PolicyError as exc:
+        for problem in exc.problems:
+            print(problem, file=sys.stderr)
+        return 1
+    sys.stdout.write(render_json(loaded.policy) if args.grafana else render_yaml(loaded.policy))
+    return 0
+
+
 def cmd_serve(args: argparse.Namespace) -> int:
     import asyncio
-
-    from gateway.app import GATEWAY, RUNNER_KWARGS, build_app
-    from gateway.logs import configure
-    from gateway.server import ConnectionLimits, serve
 
     if not c_parser_in_use():
         print(
@@ -57,8 +68,12 @@ def cmd_serve(args: argparse.Namespace) -> int:
         for problem in exc.problems:
             print(problem, file=sys.stderr)
         return 1
+    from gateway.app import GATEWAY, RUNNER_KWARGS, build_app
+    from gateway.logs import configure
+    from gateway.server import ConnectionLimits, serve
+
     configure(args.log_level)
-    app = build_app(loaded)
+    app = build_app(loaded, watch=args.watch)
     settings = loaded.policy.server
 
     def draining() -> None:
@@ -82,6 +97,12 @@ def cmd_serve(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_perf(args: argparse.Namespace) -> int:
+    from gateway.perf.cli import main as perf_main
+
+    return perf_main(args.perf_args)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="gateway", description="Resilience gateway")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -90,12 +111,23 @@ def main(argv: list[str] | None = None) -> int:
     serve.add_argument("--host", default="127.0.0.1")
     serve.add_argument("--port", type=int, default=8000)
     serve.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
+    serve.add_argument("--no-watch", dest="watch", action="store_false",
+                       help="no reload on policy file change (SIGHUP and POST /api/ops/reload still work)")
     serve.set_defaults(func=cmd_serve)
     check = sub.add_parser("check", help="validate a policy file (exit 1 with FILE:LINE key.path: message)")
     check.add_argument("file")
     check.set_defaults(func=cmd_check)
     schema = sub.add_parser("schema", help="print the policy JSON Schema")
     schema.set_defaults(func=cmd_schema)
+    alerts = sub.add_parser("alerts", help="print Prometheus alert rules for a policy (--grafana: dashboard)")
+    alerts.add_argument("file")
+    alerts.add_argument("--grafana", action="store_true", help="print the Grafana dashboard JSON instead")
+    alerts.set_defaults(func=cmd_alerts)
+    # Load runs (gateway/perf): everything after `perf` is that module's own command line.
+    perf = sub.add_parser("perf", help="load runs judged against the SLOs: perf run|verdict|attack",
+                          add_help=False, prefix_chars="\0")  # every option, -h included, goes to gateway.perf
+    perf.add_argument("perf_args", nargs=argparse.REMAINDER)
+    perf.set_defaults(func=cmd_perf)
     args = parser.parse_args(argv)
     result: int = args.func(args)
     return result

@@ -16,6 +16,7 @@ from typing import Any
 import orjson
 from aiohttp import web
 
+from gateway.breaker import Breaker, Permit
 from gateway.identity import Identity, user_id
 from gateway.logs import get_logger
 from gateway.outcome import Outcome
@@ -54,6 +55,20 @@ def upstream_path(path: str, route: CompiledRoute) -> str:
         if not path.startswith("/"):
             path = "/" + path
     return path
+
+
+def breaker_open(breaker: Breaker, route: str, request_id: str) -> web.Response:
+    """The fast-fail answer of an open breaker: 503, Retry-After until HALF_OPEN, the breaker named."""
+    retry_after = breaker.retry_after()
+    return json_error(503, "breaker_open", request_id, [("Retry-After", str(retry_after))],
+                      route=route, breaker=breaker.name, retry_after=retry_after)
+
+
+def may_retry(route: CompiledRoute) -> bool:
+    """Whether one more attempt is allowed: the breaker is not open and the upstream's budget has a retry."""
+    if route.breaker is not None and route.breaker.is_open():
+        return False
+    return route.retry_budget is None or route.retry_budget.try_spend()
 
 
 class Pipeline:
@@ -141,10 +156,45 @@ class Pipeline:
         extra_headers: list[tuple[str, str]] = [("X-Request-Id", request_id)]
 
         # -- stage: rate limits (gateway/ratelimit) --
+        limiter = runtime.limiter
+        if route.limits is not None and limiter is not None:
+            decision = await limiter.check(route.limits, identity, request.headers)
+            if decision.status:
+                outcome.error = decision.error
+                return json_error(decision.status, decision.error or "rate_limited", request_id,
+                                  decision.headers, **decision.fields)
+            extra_headers.extend(decision.headers)
 
         # -- stage: circuit breaker (gateway/breaker.py) --
+        permit: Permit | None = None
+        if route.breaker is not None:
+            permit = route.breaker.acquire()
+            if permit is None:
+                outcome.error = "breaker_open"
+                return breaker_open(route.breaker, route.name, request_id)
+        try:
+            return await self._proxy(request, runtime, identity, request_id, outcome, clock, route, path,
+                                     query, extra_headers, permit)
+        finally:
+            if permit is not None:
+                permit.release()  # no-op once recorded; frees a probe slot when no verdict came
 
+    async def _proxy(
+        self,
+        request: web.Request,
+        runtime: Runtime,
+        identity: Identity,
+        request_id: str,
+        outcome: Outcome,
+        clock: Callable[[], float],
+        route: CompiledRoute,
+        path: str,
+        query: str,
+        extra_headers: list[tuple[str, str]],
+        permit: Permit | None,
+    ) -> web.StreamResponse:
         # -- stage: proxy --
+        length = request.content_length
         client = route.client
         url = client.base + upstream_path(path, route) + query
         peer = request.remote or "unknown"
@@ -161,28 +211,60 @@ class Pipeline:
                             else request.host),
             request_id=request_id,
         )
-        body: BodyStream | None = None
+        retry = route.retries
+        attempts = 1
+        body: BodyStream | bytes | None = None
+        # A probe is never retried: HALF_OPEN admits exactly `half_open_requests` calls to the upstream.
+        if (retry is not None and not (permit is not None and permit.probe)
+                and retry.replayable(request.method, request.headers, request.body_exists, length)):
+            attempts = retry.attempts
+            if request.body_exists:
+                body = await request.read()  # known length <= MAX_REPLAY_BODY: buffered to be sent again
         if request.body_exists:
-            body = BodyStream(request, route.max_body)
+            if body is None:
+                body = BodyStream(request, route.max_body)
             if length is not None:
                 send_headers["Content-Length"] = str(length)
+        if route.retry_budget is not None:
+            route.retry_budget.request()
 
         sent_at = clock()
-        try:
-            upstream = await open_upstream(
-                client, request.method, url, send_headers, body,
-                connect_timeout=route.connect_timeout, timeout=route.timeout,
-            )
-        except BodyTooLarge:
-            outcome.error = "body_too_large"
-            return json_error(413, "body_too_large", request_id, route=route.name, limit=route.max_body)
-        except UpstreamError as exc:
-            outcome.error = exc.kind
-            outcome.upstream_duration = clock() - sent_at
-            return json_error(exc.status, exc.kind, request_id, route=route.name, upstream=client.name,
-                              detail=exc.detail)
+        attempt = 1
+        while True:
+            if attempt > 1 and route.breaker is not None and route.breaker.is_open():
+                outcome.error = "breaker_open"  # it opened during the backoff: never retry into it
+                return breaker_open(route.breaker, route.name, request_id)
+            attempt_at = clock()
+            try:
+                upstream = await open_upstream(
+                    client, request.method, url, send_headers, body,
+                    connect_timeout=route.connect_timeout, timeout=route.timeout,
+                )
+            except BodyTooLarge:
+                outcome.error = "body_too_large"
+                return json_error(413, "body_too_large", request_id, route=route.name, limit=route.max_body)
+            except UpstreamError as exc:
+                if retry is not None and attempt < attempts and exc.kind in retry.errors and may_retry(route):
+                    attempt += 1
+                    await asyncio.sleep(retry.delay(attempt - 1))
+                    continue
+                outcome.error = exc.kind
+                outcome.upstream_duration = clock() - sent_at
+                if permit is not None:
+                    permit.record_outcome(None, exc.kind, clock() - attempt_at)  # the final outcome only
+                return json_error(exc.status, exc.kind, request_id, route=route.name, upstream=client.name,
+                                  detail=exc.detail)
+            if (retry is not None and attempt < attempts and upstream.status in retry.statuses
+                    and may_retry(route)):
+                upstream.release()
+                attempt += 1
+                await asyncio.sleep(retry.delay(attempt - 1))
+                continue
+            break
+        if permit is not None:
+            permit.record_outcome(upstream.status, None, clock() - attempt_at)
         outcome.upstream_status = upstream.status
-        outcome.bytes_in = body.sent if body else 0
+        outcome.bytes_in = body.sent if isinstance(body, BodyStream) else len(body or b"")
         try:
             response, written = await relay(request, upstream, extra_headers)
             outcome.bytes_out = written

@@ -7,14 +7,20 @@ previous runtime when their settings did not change.
 
 from __future__ import annotations
 
+import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
+from gateway.breaker import Breaker, build_breakers, transition_listener
 from gateway.events import Events
 from gateway.identity import ClientResolver
 from gateway.policy.loader import LoadedPolicy
-from gateway.policy.model import Policy, Retries, Route, Upstream
+from gateway.policy.model import Policy, Route, Upstream
 from gateway.proxy import UpstreamClient
+from gateway.ratelimit.limiter import Limiter, RouteLimits, route_limits
+from gateway.retry import RetryBudget, RetryPolicy, build_retry_budgets
 from gateway.routing import Router
+from gateway.slo import SloRecorder
 
 
 @dataclass(frozen=True, slots=True)
@@ -29,7 +35,10 @@ class CompiledRoute:
     connect_timeout: float
     timeout: float
     preserve_host: bool
-    retries: Retries | None
+    retries: RetryPolicy | None  # None: the route never retries
+    breaker: Breaker | None  # the route's own breaker, else its upstream's, shared by the upstream's routes
+    retry_budget: RetryBudget | None  # the upstream's, shared with its other routes
+    limits: RouteLimits | None = None  # the route's rate limits, checked by `Runtime.limiter`
 
 
 @dataclass
@@ -42,14 +51,25 @@ class Runtime:
     user_header: str
     protected_headers: frozenset[str]
     routes: dict[str, CompiledRoute] = field(default_factory=dict)
+    breakers: dict[str, Breaker] = field(default_factory=dict)
+    retry_budgets: dict[str, RetryBudget] = field(default_factory=dict)  # per upstream with a retrying route
+    slo: SloRecorder | None = None  # per route+method SLO windows; carried over from the previous runtime
+    limiter: Limiter | None = None  # rate limits; buckets, Redis connection and overrides carried over
 
     @property
     def policy(self) -> Policy:
         return self.loaded.policy
 
 
-def compile_route(route: Route, policy: Policy, clients: dict[str, UpstreamClient]) -> CompiledRoute:
+def compile_route(
+    route: Route,
+    policy: Policy,
+    clients: dict[str, UpstreamClient],
+    breakers: dict[str, Breaker] | None = None,
+    budgets: dict[str, RetryBudget] | None = None,
+) -> CompiledRoute:
     upstream = policy.upstreams[route.upstream]
+    breaker_name = route.breaker or upstream.breaker
     return CompiledRoute(
         name=route.name,
         route=route,
@@ -59,12 +79,25 @@ def compile_route(route: Route, policy: Policy, clients: dict[str, UpstreamClien
         connect_timeout=route.connect_timeout or upstream.connect_timeout,
         timeout=route.timeout or upstream.timeout,
         preserve_host=upstream.preserve_host,
-        retries=route.retries,
+        retries=RetryPolicy.compile(route.retries) if route.retries is not None else None,
+        breaker=(breakers or {}).get(breaker_name) if breaker_name is not None else None,
+        # Every route of the upstream counts toward its budget, so retries are a share of all its traffic.
+        retry_budget=(budgets or {}).get(route.upstream),
+        limits=route_limits(route),
     )
 
 
-def build_runtime(loaded: LoadedPolicy, previous: Runtime | None = None, *, events: Events | None = None) -> Runtime:
-    """Build the runtime for a validated policy, reusing the previous runtime's unchanged upstream clients."""
+def build_runtime(
+    loaded: LoadedPolicy,
+    previous: Runtime | None = None,
+    *,
+    events: Events | None = None,
+    clock: Callable[[], float] = time.monotonic,
+) -> Runtime:
+    """Build the runtime for a validated policy, reusing the previous runtime's unchanged upstream clients.
+
+    `clock` is the monotonic clock breakers and retry budgets read (tests move it instead of sleeping).
+    """
     policy = loaded.policy
     events = events if events is not None else Events()
     clients: dict[str, UpstreamClient] = {}
@@ -73,7 +106,13 @@ def build_runtime(loaded: LoadedPolicy, previous: Runtime | None = None, *, even
             clients[name] = previous.clients[name]
         else:
             clients[name] = UpstreamClient.create(name, spec.url, max_connections=spec.max_connections)
-    compiled = {route.name: compile_route(route, policy, clients) for route in policy.routes}
+    breakers = build_breakers(
+        policy, previous.breakers if previous is not None else {}, transition_listener(events.emit), clock
+    )
+    budgets = build_retry_budgets(policy, previous.retry_budgets if previous is not None else {}, clock)
+    compiled = {
+        route.name: compile_route(route, policy, clients, breakers, budgets) for route in policy.routes
+    }
     router = Router([(route.match, compiled[route.name]) for route in policy.routes])
     user_header = policy.identity.user_header
     protected = frozenset(
@@ -89,6 +128,11 @@ def build_runtime(loaded: LoadedPolicy, previous: Runtime | None = None, *, even
         user_header=user_header,
         protected_headers=protected,
         routes=compiled,
+        breakers=breakers,
+        retry_budgets=budgets,
+        slo=SloRecorder(policy, previous.slo if previous is not None else None, clock=clock),
+        limiter=Limiter(policy, previous.limiter if previous is not None else None, events=events,
+                        clock=clock),
     )
 
 
@@ -96,3 +140,28 @@ def retired_clients(old: Runtime, new: Runtime) -> list[UpstreamClient]:
     """Clients of `old` that `new` no longer uses: close them once in-flight requests have drained."""
     kept = {id(c) for c in new.clients.values()}
     return [c for c in old.clients.values() if id(c) not in kept]
+
+
+# Runtime attributes that may hold objects with an async lifecycle (`start()` / `close()`), besides the
+# upstream clients. Reload starts the ones a new runtime created and retires the ones it dropped, so the
+# teams adding these fields only have to carry objects over (same object) when their settings are unchanged.
+LIFECYCLE_FIELDS = ("limiter", "breakers", "slo")
+
+
+def lifecycle_objects(runtime: Runtime) -> list[object]:
+    """Each object of `runtime` with a `start` or `close` method: upstream clients, limiter, breakers, slo."""
+    found: list[object] = list(runtime.clients.values())
+    for name in LIFECYCLE_FIELDS:
+        value = getattr(runtime, name, None)
+        values = list(value.values()) if isinstance(value, dict) else [value]
+        found.extend(v for v in values if v is not None and (hasattr(v, "start") or hasattr(v, "close")))
+    return found
+
+
+def objects_only_in(runtime: Runtime, other: Runtime | None) -> list[object]:
+    """Lifecycle objects of `runtime` that `other` does not share (all of them when `other` is None).
+
+    With (old, new) these are the retired objects; with (new, old) the fresh ones that need starting.
+    """
+    shared = {id(o) for o in lifecycle_objects(other)} if other is not None else set()
+    return [o for o in lifecycle_objects(runtime) if id(o) not in shared]

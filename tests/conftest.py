@@ -77,3 +77,33 @@ async def make_gateway(tmp_path: Path) -> AsyncIterator[GatewayFactory]:
     yield factory
     for client in clients:
         await client.close()
+
+
+FileGatewayFactory = Callable[..., Awaitable[tuple[TestClient[web.Request, web.Application], Path]]]
+
+
+@pytest.fixture
+async def make_gateway_file(tmp_path: Path) -> AsyncIterator[FileGatewayFactory]:
+    """Like make_gateway, but returns (client, policy path) so a test can rewrite the running policy file.
+
+    `policy_text=None` with `path=` runs a file the test laid out itself (a symlink, a ConfigMap directory);
+    `watch=False` turns the file watcher off.
+    """
+    clients: list[TestClient[web.Request, web.Application]] = []
+
+    async def factory(
+        policy_text: str | None = None, *, path: Path | None = None, watch: bool = True, **fields: Any
+    ) -> tuple[TestClient[web.Request, web.Application], Path]:
+        path = path or tmp_path / f"watched{len(clients)}.yaml"
+        if policy_text is not None:
+            path.write_text(policy_text.format(**fields) if fields else policy_text)
+        loaded = load_policy(path)
+        app = build_app(loaded, watch=watch)
+        client = TestClient(GatewayTestServer(app, ConnectionLimits.from_policy(loaded.policy.server)))
+        await client.start_server()
+        clients.append(client)
+        return client, path
+
+    yield factory
+    for client in clients:
+        await client.close()

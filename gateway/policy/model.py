@@ -40,10 +40,16 @@ class Strict(BaseModel):
 
 
 class Storage(Strict):
+    """Where rate-limit buckets and overrides live: Redis (shared by replicas) or in-process (one gateway)."""
+
     redis_url: str | None = None
+    cluster: bool = False  # redis_url names one node of a Redis Cluster; the client discovers the rest
     on_redis_error: Literal["local", "allow", "deny"] = "local"
     timeout: Duration = 0.05
+    retry_interval: Duration = 1.0  # after a Redis failure, how long requests skip Redis before one probe
     key_prefix: Annotated[str, Field(pattern=r"^[A-Za-z0-9_:.\-]{1,32}$")] = "gw"
+    local_max_keys: Annotated[int, Field(ge=100, le=10_000_000)] = 100_000
+    override_refresh: Duration = 1.0  # how often each replica re-reads the shared overrides from Redis
 
     @field_validator("redis_url")
     @classmethod
@@ -61,37 +67,97 @@ class Identity(Strict):
 
 
 class Admin(Strict):
+    """Who may call the ops API: bearer tokens from anywhere, `user_ids` only from `trusted_networks`."""
+
     user_ids: tuple[Annotated[str, Field(min_length=1, max_length=128)], ...] = ()
-    trusted_networks: tuple[Network, ...] = LOOPBACK
-    tokens_env: str = "GATEWAY_ADMIN_TOKENS"
-    tokens_file: str | None = None
+    trusted_networks: tuple[Network, ...] = LOOPBACK  # where the X-User-Id admin ids are believed
+    tokens_env: Annotated[str, Field(pattern=r"^[A-Za-z_][A-Za-z0-9_]*$")] = "GATEWAY_ADMIN_TOKENS"
+    tokens_file: str | None = None  # one token per line; lines starting with # are comments
     metrics_networks: tuple[Network, ...] = LOOPBACK
     listen: Annotated[str, Field(pattern=r"^[^\s:]+:\d{1,5}$")] | None = None
 
+    @field_validator("listen")
+    @classmethod
+    def _listen(cls, value: str | None) -> str | None:
+        # Refused rather than ignored: an operator who sets it believes the main listener no longer serves ops.
+        if value is not None:
+            raise ValueError("a separate admin listener is not supported yet; remove admin.listen")
+        return value
+
 
 class SloSettings(Strict):
-    window: Duration = 300.0
-    count_429_as_error: bool = False
+    """How SLOs are measured: the sliding window of percentiles and error rates, and what counts as an error."""
+
+    window: Duration = 300.0  # kept in 10 s steps; burn rates always use 5m/30m/1h/6h
+    count_429_as_error: bool = False  # by default only 5xx are errors and 429s are counted apart
+    buckets: Annotated[tuple[Duration, ...], Field(min_length=1, max_length=40)] | None = None  # histogram bounds
+
+    @field_validator("window")
+    @classmethod
+    def _window(cls, value: float) -> float:
+        if not 30.0 <= value <= 6 * 3600.0:
+            raise ValueError("slo.window must be between 30s and 6h")
+        return value
 
 
 class Audit(Strict):
-    dir: str = "data/audit"
-    max_events: Annotated[int, Field(ge=100)] = 100_000
-    max_age: Duration = 7 * 86400.0
-    queue_size: Annotated[int, Field(ge=10)] = 10_000
+    """The audit trail: a Redis Stream when storage.redis_url is set, else JSON-lines files under `dir`."""
+
+    dir: Annotated[str, Field(min_length=1)] = "data/audit"  # relative to the policy file's directory
+    max_events: Annotated[int, Field(ge=100)] = 100_000  # Redis Stream cap (MAXLEN ~)
+    max_age: Duration = 7 * 86400.0  # older events are trimmed (Redis MINID) or their files deleted
+    queue_size: Annotated[int, Field(ge=10, le=10_000_000)] = 10_000  # events waiting to be written; more drop
+    max_file_size: Annotated[Size, Field(ge=4096)] = 64 * 2**20  # a JSON-lines file rotates past this size
 
 
 class Alerts(Strict):
     webhook_url: Annotated[str, Field(pattern=r"^https?://")] | None = None
 
 
+_ORIGIN = re.compile(r"^https?://[A-Za-z0-9.\-]+(:\d{1,5})?$|^https?://\[[0-9A-Fa-f:.]+\](:\d{1,5})?$")
+
+
 class Cors(Strict):
-    origins: tuple[str, ...] = ()
+    """CORS for the proxied routes (never the ops API); preflights are answered by the gateway."""
+
+    origins: tuple[str, ...] = ()  # exact origins such as https://app.example.com, or "*"
     methods: tuple[str, ...] = ("GET", "POST", "PUT", "PATCH", "DELETE", "OPTIONS")
     headers: tuple[str, ...] = ("*",)
     expose_headers: tuple[str, ...] = ("X-Request-Id", "RateLimit", "RateLimit-Policy", "Retry-After")
     credentials: bool = False
     max_age: Duration | None = None
+
+    @field_validator("origins")
+    @classmethod
+    def _origins(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        for origin in value:
+            if origin != "*" and not _ORIGIN.match(origin):
+                raise ValueError(f"origin must be '*' or scheme://host[:port] without a path, got {origin!r}")
+        return value
+
+    @field_validator("methods")
+    @classmethod
+    def _methods(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        upper = tuple(m.upper() for m in value)
+        unknown = sorted(set(upper) - HTTP_METHODS)
+        if unknown:
+            raise ValueError(f"unknown method {unknown[0]!r}")
+        return upper
+
+    @field_validator("headers", "expose_headers")
+    @classmethod
+    def _headers(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        for name in value:
+            if name != "*" and not _HEADER_NAME.match(name):
+                raise ValueError(f"bad header name {name!r}")
+        return value
+
+    @model_validator(mode="after")
+    def _no_wildcard_with_credentials(self) -> Cors:
+        # Echoing any origin while allowing credentials lets every site read a user's authenticated answers.
+        if self.credentials and "*" in self.origins:
+            raise ValueError("credentials: true cannot be combined with the '*' origin; list the origins")
+        return self
 
 
 class Server(Strict):
@@ -104,25 +170,60 @@ class Server(Strict):
     drain_timeout: Duration = 30.0
 
 
+# What a breaker counts as a failure: a class, or one exact status (e.g. list 500, 502, 504 without 503 so that
+# a 503 an upstream relays from another open breaker does not count against it).
+FailureOn = Literal["5xx", "timeout", "connect_error", "429"] | Annotated[int, Field(ge=400, le=599)]
+
+
 class Breaker(Strict):
     consecutive_failures: Annotated[int, Field(ge=1)] | None = 5
     failure_rate: Percent | None = 0.5
-    window: Annotated[int, Field(ge=1, le=10_000)] | Duration = 20
+    window: Annotated[int, Field(ge=1, le=10_000)] | Duration = 20  # an int counts calls, a duration is time
     min_calls: Annotated[int, Field(ge=1)] = 10
     slow_call: Duration | None = None
     slow_call_rate: Percent | None = None
     reset_timeout: Duration = 60.0
     half_open_requests: Annotated[int, Field(ge=1, le=1000)] = 1
-    failure_on: tuple[Literal["5xx", "timeout", "connect_error", "429"], ...] = ("5xx", "timeout", "connect_error")
+    failure_on: Annotated[tuple[FailureOn, ...], Field(min_length=1)] = ("5xx", "timeout", "connect_error")
+
+    @field_validator("window", mode="before")
+    @classmethod
+    def _window_kind(cls, value: Any) -> Any:
+        # A digit string such as "20" would otherwise fail both branches with a confusing double message.
+        if isinstance(value, str) and value.strip().isdigit():
+            return int(value)
+        return value
+
+    @model_validator(mode="after")
+    def _coherent(self) -> Breaker:
+        if self.consecutive_failures is None and self.failure_rate is None and self.slow_call_rate is None:
+            raise ValueError("a breaker needs at least one of consecutive_failures, failure_rate, slow_call_rate")
+        if (self.slow_call is None) != (self.slow_call_rate is None):
+            raise ValueError("slow_call and slow_call_rate go together: set both or neither")
+        if isinstance(self.window, int) and self.min_calls > self.window:
+            raise ValueError(f"min_calls ({self.min_calls}) cannot exceed a window of {self.window} calls")
+        return self
 
 
 class RateLimit(Strict):
-    rate: Annotated[int, Field(gt=0)]
+    """A named token bucket: `rate` requests per `per`, bursts up to `burst`, one bucket per `key` value."""
+
+    rate: Annotated[int, Field(gt=0, le=1_000_000_000)]
     per: Duration
-    burst: Annotated[int, Field(gt=0)] | None = None
+    burst: Annotated[int, Field(gt=0, le=1_000_000_000)] | None = None
     key: str = "user"
     shadow: bool = False
     on_redis_error: Literal["local", "allow", "deny"] | None = None
+
+    @model_validator(mode="after")
+    def _interval(self) -> RateLimit:
+        # Buckets count in whole microseconds: one token must take at least that long to refill.
+        if self.per / self.rate < 1e-6:
+            raise ValueError(f"rate {self.rate} per {self.per:g}s is faster than one request per microsecond")
+        # ...and an empty bucket must refill within a year, which keeps Lua's doubles exact.
+        if self.capacity * self.per / self.rate > 366 * 86400:
+            raise ValueError("burst / rate * per must not exceed 366d (time for an empty bucket to refill)")
+        return self
 
     @field_validator("key")
     @classmethod
@@ -160,6 +261,14 @@ class Slo(Strict):
     p95: Duration | None = None
     p99: Duration | None = None
     error_rate: Percent | None = None
+    alias: Name | None = None  # extra short key in /api/ops/metrics: p95_<alias> (e.g. the runbook's horoscopes)
+
+    @field_validator("error_rate")
+    @classmethod
+    def _budget(cls, value: float | None) -> float | None:
+        if value is not None and not 0.0 < value < 1.0:
+            raise ValueError("error_rate must be above 0% and below 100% (it is the error budget)")
+        return value
 
     @model_validator(mode="after")
     def _something(self) -> Slo:
@@ -336,6 +445,14 @@ class Policy(Strict):
                     (("routes", i, "strip_prefix"),
                      f"strip_prefix {route.strip_prefix!r} is not a prefix of {route.match.template!r}")
                 )
+        aliases: dict[str, int] = {}
+        for i, route in enumerate(self.routes):
+            alias = route.slo.alias if route.slo else None
+            if alias is None:
+                continue
+            if alias in aliases or (alias in seen_names and alias != route.name):
+                errors.append((("routes", i, "slo", "alias"), f"alias {alias!r} is already a route name or alias"))
+            aliases.setdefault(alias, i)
         return errors
 
     def slo_thresholds(self) -> tuple[float, ...]:
