@@ -172,10 +172,19 @@ class Pipeline:
             if permit is None:
                 outcome.error = "breaker_open"
                 return breaker_open(route.breaker, route.name, request_id)
+        # -- stage: overload: a slow upstream must not gather every request (and all memory) --
+        client = route.client
+        if not client.admit():
+            if permit is not None:
+                permit.release()
+            outcome.error = "upstream_overloaded"
+            return json_error(503, "upstream_overloaded", request_id, (("Retry-After", "1"),), route=route.name,
+                              upstream=client.name, detail=f"{client.max_requests} requests already in flight")
         try:
             return await self._proxy(request, runtime, identity, request_id, outcome, clock, route, path,
                                      query, extra_headers, permit)
         finally:
+            client.done()
             if permit is not None:
                 permit.release()  # no-op once recorded; frees a probe slot when no verdict came
 

@@ -47,9 +47,21 @@ class UpstreamClient:
     base: str  # scheme://host[:port][/base-path] without a trailing slash
     host: str  # Host header value sent unless the route keeps the client's
     session: aiohttp.ClientSession
+    max_requests: int = 1 << 30  # in-flight cap (Envoy's max_requests): beyond it the gateway answers 503
+    in_flight: int = 0
+
+    def admit(self) -> bool:
+        """Count one more request in flight, unless the upstream is at its cap."""
+        if self.in_flight >= self.max_requests:
+            return False
+        self.in_flight += 1
+        return True
+
+    def done(self) -> None:
+        self.in_flight -= 1
 
     @classmethod
-    def create(cls, name: str, url: str, *, max_connections: int) -> UpstreamClient:
+    def create(cls, name: str, url: str, *, max_connections: int, max_requests: int = 1 << 30) -> UpstreamClient:
         parsed = URL(url)
         connector = aiohttp.TCPConnector(limit=max_connections, limit_per_host=max_connections, ttl_dns_cache=60)
         session = aiohttp.ClientSession(
@@ -59,7 +71,8 @@ class UpstreamClient:
             skip_auto_headers=("User-Agent", "Accept", "Accept-Encoding", "Content-Type"),
             timeout=aiohttp.ClientTimeout(total=None),
         )
-        return cls(name=name, base=str(parsed).rstrip("/"), host=parsed.raw_authority, session=session)
+        return cls(name=name, base=str(parsed).rstrip("/"), host=parsed.raw_authority, session=session,
+                   max_requests=max_requests)
 
     async def close(self) -> None:
         await self.session.close()

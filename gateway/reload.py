@@ -42,9 +42,9 @@ HISTORY = 10  # applied policies kept in memory for rollback
 GRACE_EXTRA = 1.0  # seconds added to the longest request a retired runtime may still be serving
 MAX_PROBLEMS = 50  # a broken file can produce many problems; the event and the answer stay bounded
 DIFF_KINDS = ("routes", "upstreams", "rate_limits", "breakers")
-# Sections the server reads once when it starts (listener limits, the admin gate): a change is accepted and
-# reported as needing a restart.
-RESTART_SECTIONS = ("server", "admin")
+# Sections read once when the server starts (listener limits, the admin gate, CORS, the audit backend, the
+# alert webhook): a change is accepted and reported as needing a restart.
+RESTART_SECTIONS = ("server", "admin", "cors", "audit", "alerts")
 
 Trigger = Literal["file", "sighup", "api", "rollback"]
 Result = Literal["success", "error", "unchanged"]

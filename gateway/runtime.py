@@ -105,7 +105,8 @@ def build_runtime(
         if previous is not None and previous.upstream_specs.get(name) == spec:
             clients[name] = previous.clients[name]
         else:
-            clients[name] = UpstreamClient.create(name, spec.url, max_connections=spec.max_connections)
+            clients[name] = UpstreamClient.create(name, spec.url, max_connections=spec.max_connections,
+                                                  max_requests=spec.max_requests)
     breakers = build_breakers(
         policy, previous.breakers if previous is not None else {}, transition_listener(events.emit), clock
     )
