@@ -54,6 +54,10 @@ perf: $(STAMP) test-tools
 bench: $(STAMP) test-tools
 	$(BIN)/python perf/bench_overhead.py
 
+# A 10-minute soak at about half capacity with reloads and a Redis restart (SOAK_SECONDS, SOAK_RATE to change).
+soak: $(STAMP) test-tools
+	$(BIN)/python -m pytest -q -s -m soak tests/reliability/test_soak.py
+
 docker:
 	docker build -t resilience-gateway .
 
