@@ -131,7 +131,7 @@ def build_app(
         gateway.draining = True  # the CLI sets it at the signal already; other runners get it here
 
     app.on_shutdown.append(mark_draining)
-    app[metrics_ops.METRICS] = GatewayMetrics(gateway.current, gateway.events)
+    app[metrics_ops.METRICS] = GatewayMetrics(gateway.current, gateway.events, audit.stats)
     pipeline = Pipeline(gateway.current, observers=[slo_observer(gateway.current), health.observe])
 
     async def lifecycle(_: web.Application) -> AsyncIterator[None]:

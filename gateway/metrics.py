@@ -67,8 +67,14 @@ def _text(value: Any, default: str = "unknown") -> str:
 class GatewayMetrics:
     """The gateway's registry: subscribe once to the events bus, read the current runtime at scrape time."""
 
-    def __init__(self, current: Callable[[], RuntimeView], events: Events) -> None:
+    def __init__(
+        self,
+        current: Callable[[], RuntimeView],
+        events: Events,
+        audit_stats: Callable[[], dict[str, Any]] | None = None,
+    ) -> None:
         self._current = current
+        self.audit_stats = audit_stats
         self.breaches = _Counts()  # (limit,)
         self.shadow_breaches = _Counts()  # (limit,)
         self.transitions = _Counts()  # (breaker, from, to)
@@ -175,6 +181,18 @@ class _GatewayCollector(Collector):
         yield from self._breakers(runtime)
         yield from self._events()
         yield from self._limiter(runtime)
+        yield from self._audit()
+
+    def _audit(self) -> Iterator[Metric]:
+        if self._owner.audit_stats is None:
+            return
+        stats = self._owner.audit_stats()
+        for key, doc in (("written", "Audit events stored."),
+                         ("dropped", "Audit events dropped because the write queue was full."),
+                         ("write_errors", "Audit batches that failed to be written.")):
+            yield CounterMetricFamily(f"gateway_audit_events_{key}", doc, value=stats.get(key, 0))
+        yield GaugeMetricFamily("gateway_audit_queue_events", "Audit events waiting to be written.",
+                                value=stats.get("queued", 0))
 
     def _slo(self, slo: SloRecorder | None) -> Iterator[Metric]:
         duration = HistogramMetricFamily(
