@@ -125,7 +125,7 @@ def main(argv: list[str] | None = None) -> int:
     alerts.set_defaults(func=cmd_alerts)
     # Load runs (gateway/perf): everything after `perf` is that module's own command line.
     perf = sub.add_parser("perf", help="load runs judged against the SLOs: perf run|verdict|attack",
-                          add_help=False, prefix_chars="\0")  # every option, -h included, goes to gateway.perf
+                          add_help=False, prefix_chars="\0")  # every option (-h too) goes to gateway.perf
     perf.add_argument("perf_args", nargs=argparse.REMAINDER)
     perf.set_defaults(func=cmd_perf)
     args = parser.parse_args(argv)

@@ -1,0 +1,1 @@
+"""Load runs judged against the policy's SLOs: vegeta targets, a built-in constant-rate attacker, verdicts."""
