@@ -4,9 +4,28 @@ from __future__ import annotations
 
 import logging
 import sys
+import time
+from typing import Any
 
 import orjson
 import structlog
+from structlog.typing import EventDict
+
+
+class _Timestamp:
+    """ISO 8601 UTC time with microseconds; the second is formatted once per second, not per line."""
+
+    def __init__(self) -> None:
+        self._second = -1
+        self._prefix = ""
+
+    def __call__(self, _: Any, __: str, event: EventDict) -> EventDict:
+        now = time.time()
+        second = int(now)
+        if second != self._second:
+            self._second, self._prefix = second, time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(second))
+        event["time"] = f"{self._prefix}.{int((now - second) * 1e6):06d}Z"
+        return event
 
 
 def configure(level: str = "info") -> None:
@@ -14,7 +33,7 @@ def configure(level: str = "info") -> None:
     structlog.configure(
         processors=[
             structlog.processors.add_log_level,
-            structlog.processors.TimeStamper(fmt="iso", utc=True, key="time"),
+            _Timestamp(),
             structlog.processors.format_exc_info,
             structlog.processors.JSONRenderer(serializer=orjson.dumps),
         ],

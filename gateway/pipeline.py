@@ -7,6 +7,7 @@ not, produces exactly one `Outcome` for the observers (SLO recorder, access log)
 from __future__ import annotations
 
 import asyncio
+import logging
 import os
 import re
 import time
@@ -111,21 +112,22 @@ class Pipeline:
         finally:
             outcome.duration = clock() - started
             self._emit(outcome, identity)
-            log.info(
-                "request",
-                request_id=request_id,
-                route=outcome.route,
-                method=request.method,
-                path=request.path,
-                status=outcome.status,
-                upstream_status=outcome.upstream_status,
-                duration_ms=round(outcome.duration * 1000, 3),
-                upstream_duration_ms=(
-                    round(outcome.upstream_duration * 1000, 3) if outcome.upstream_duration is not None else None
-                ),
-                client_ip=identity.ip,
-                error=outcome.error,
-            )
+            if log.is_enabled_for(logging.INFO):  # skip building the line when access logs are off
+                log.info(
+                    "request",
+                    request_id=request_id,
+                    route=outcome.route,
+                    method=request.method,
+                    path=request.path,
+                    status=outcome.status,
+                    upstream_status=outcome.upstream_status,
+                    duration_ms=round(outcome.duration * 1000, 3),
+                    upstream_duration_ms=(
+                        round(outcome.upstream_duration * 1000, 3) if outcome.upstream_duration is not None else None
+                    ),
+                    client_ip=identity.ip,
+                    error=outcome.error,
+                )
 
     async def _serve(
         self,
@@ -247,7 +249,7 @@ class Pipeline:
             try:
                 upstream = await open_upstream(
                     client, request.method, url, send_headers, body,
-                    connect_timeout=route.connect_timeout, timeout=route.timeout,
+                    timeout=route.client_timeout,
                 )
             except BodyTooLarge:
                 outcome.error = "body_too_large"

@@ -78,10 +78,16 @@ class UpstreamClient:
         await self.session.close()
 
 
+_PLAIN_CONNECTION = frozenset({"keep-alive", "close", "Keep-Alive", "Close", "upgrade"})
+
+
 def connection_tokens(headers: CIMultiDictProxy[str] | CIMultiDict[str]) -> set[str]:
-    """Header names a Connection header nominates as hop-by-hop."""
+    """Header names a Connection header nominates as hop-by-hop (none for a plain keep-alive/close)."""
+    values = headers.getall("Connection", ())
+    if len(values) == 1 and values[0] in _PLAIN_CONNECTION:
+        return set()  # the common case, every response of a keep-alive upstream
     tokens: set[str] = set()
-    for value in headers.getall("Connection", ()):
+    for value in values:
         tokens.update(t.strip().lower() for t in value.split(",") if t.strip())
     return tokens
 
@@ -155,8 +161,7 @@ async def open_upstream(
     headers: CIMultiDict[str],
     body: BodyStream | bytes | None,
     *,
-    connect_timeout: float,
-    timeout: float,
+    timeout: aiohttp.ClientTimeout,
 ) -> aiohttp.ClientResponse:
     """Send the request and wait for the response head. Raises UpstreamError or BodyTooLarge."""
     try:
@@ -166,7 +171,7 @@ async def open_upstream(
             headers=headers,
             data=body,
             allow_redirects=False,
-            timeout=aiohttp.ClientTimeout(total=timeout, sock_connect=connect_timeout),
+            timeout=timeout,
             compress=False,
         )
     except BodyTooLarge:

@@ -11,6 +11,8 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+import aiohttp
+
 from gateway.breaker import Breaker, build_breakers, transition_listener
 from gateway.events import Events
 from gateway.identity import ClientResolver
@@ -34,6 +36,7 @@ class CompiledRoute:
     max_body: int
     connect_timeout: float
     timeout: float
+    client_timeout: aiohttp.ClientTimeout  # built once: the per-request deadline the client enforces
     preserve_host: bool
     retries: RetryPolicy | None  # None: the route never retries
     breaker: Breaker | None  # the route's own breaker, else its upstream's, shared by the upstream's routes
@@ -78,6 +81,9 @@ def compile_route(
         max_body=route.max_body if route.max_body is not None else policy.server.max_body,
         connect_timeout=route.connect_timeout or upstream.connect_timeout,
         timeout=route.timeout or upstream.timeout,
+        client_timeout=aiohttp.ClientTimeout(
+            total=route.timeout or upstream.timeout, sock_connect=route.connect_timeout or upstream.connect_timeout
+        ),
         preserve_host=upstream.preserve_host,
         retries=RetryPolicy.compile(route.retries) if route.retries is not None else None,
         breaker=(breakers or {}).get(breaker_name) if breaker_name is not None else None,
