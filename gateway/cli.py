@@ -26,7 +26,8 @@ def cmd_check(args: argparse.Namespace) -> int:
         return 1
     policy = loaded.policy
     print(
-        f"{args.file}: ok (version {loaded.version}: {len(policy.routes)} routes, {len(policy.upstreams)} upstreams,"
+        f"{args.file}: ok (version {loaded.version}: {len(policy.routes)} routes,"
+        f" {len(policy.upstreams)} upstreams,"
         f" {len(policy.rate_limits)} rate limits, {len(policy.breakers)} breakers)"
     )
     return 0
@@ -57,8 +58,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
     if not c_parser_in_use():
         print(
-            "gateway: refusing to start: aiohttp's C HTTP parser is not in use (AIOHTTP_NO_EXTENSIONS is set or"
-            " the extension failed to build); the pure-Python parser has a history of request-smuggling bugs.",
+            "gateway: refusing to start: aiohttp's C HTTP parser is not in use (AIOHTTP_NO_EXTENSIONS is set"
+            " or the extension failed to build); the pure-Python parser has a history of request smuggling.",
             file=sys.stderr,
         )
         return 2
@@ -111,8 +112,12 @@ def main(argv: list[str] | None = None) -> int:
     serve.add_argument("--host", default="127.0.0.1")
     serve.add_argument("--port", type=int, default=8000)
     serve.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
-    serve.add_argument("--no-watch", dest="watch", action="store_false",
-                       help="no reload on policy file change (SIGHUP and POST /api/ops/reload still work)")
+    serve.add_argument(
+        "--no-watch",
+        dest="watch",
+        action="store_false",
+        help="no reload on policy file change (SIGHUP and POST /api/ops/reload still work)",
+    )
     serve.set_defaults(func=cmd_serve)
     check = sub.add_parser("check", help="validate a policy file (exit 1 with FILE:LINE key.path: message)")
     check.add_argument("file")
@@ -124,8 +129,12 @@ def main(argv: list[str] | None = None) -> int:
     alerts.add_argument("--grafana", action="store_true", help="print the Grafana dashboard JSON instead")
     alerts.set_defaults(func=cmd_alerts)
     # Load runs (gateway/perf): everything after `perf` is that module's own command line.
-    perf = sub.add_parser("perf", help="load runs judged against the SLOs: perf run|verdict|attack",
-                          add_help=False, prefix_chars="\0")  # every option (-h too) goes to gateway.perf
+    perf = sub.add_parser(
+        "perf",
+        help="load runs judged against the SLOs: perf run|verdict|attack",
+        add_help=False,
+        prefix_chars="\0",
+    )  # every option (-h too) goes to gateway.perf
     perf.add_argument("perf_args", nargs=argparse.REMAINDER)
     perf.set_defaults(func=cmd_perf)
     args = parser.parse_args(argv)

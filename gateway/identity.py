@@ -37,7 +37,7 @@ class ClientResolver:
         return any(ip in net for net in self._trusted)
 
     def client_ip(self, peer: str | None, forwarded_for: str | None) -> str:
-        """The peer address, or, when the peer is a trusted proxy, the rightmost untrusted X-Forwarded-For hop."""
+        """The peer address; when the peer is a trusted proxy, the rightmost untrusted X-Forwarded-For hop."""
         peer = peer or "unknown"
         if not self._trusted or not forwarded_for or not self._is_trusted(peer):
             return peer

@@ -61,8 +61,15 @@ def upstream_path(path: str, route: CompiledRoute) -> str:
 def breaker_open(breaker: Breaker, route: str, request_id: str) -> web.Response:
     """The fast-fail answer of an open breaker: 503, Retry-After until HALF_OPEN, the breaker named."""
     retry_after = breaker.retry_after()
-    return json_error(503, "breaker_open", request_id, [("Retry-After", str(retry_after))],
-                      route=route, breaker=breaker.name, retry_after=retry_after)
+    return json_error(
+        503,
+        "breaker_open",
+        request_id,
+        [("Retry-After", str(retry_after))],
+        route=route,
+        breaker=breaker.name,
+        retry_after=retry_after,
+    )
 
 
 def may_retry(route: CompiledRoute) -> bool:
@@ -123,7 +130,9 @@ class Pipeline:
                     upstream_status=outcome.upstream_status,
                     duration_ms=round(outcome.duration * 1000, 3),
                     upstream_duration_ms=(
-                        round(outcome.upstream_duration * 1000, 3) if outcome.upstream_duration is not None else None
+                        round(outcome.upstream_duration * 1000, 3)
+                        if outcome.upstream_duration is not None
+                        else None
                     ),
                     client_ip=identity.ip,
                     error=outcome.error,
@@ -144,7 +153,9 @@ class Pipeline:
         path = normalize_path(raw_path)
         if path is None:
             outcome.error = "bad_path"
-            return json_error(400, "bad_path", request_id, detail="the request path is not a valid absolute path")
+            return json_error(
+                400, "bad_path", request_id, detail="the request path is not a valid absolute path"
+            )
         route = runtime.router.match(request.method, path)
         if route is None:
             outcome.error = "no_route"
@@ -163,8 +174,13 @@ class Pipeline:
             decision = await limiter.check(route.limits, identity, request.headers)
             if decision.status:
                 outcome.error = decision.error
-                return json_error(decision.status, decision.error or "rate_limited", request_id,
-                                  decision.headers, **decision.fields)
+                return json_error(
+                    decision.status,
+                    decision.error or "rate_limited",
+                    request_id,
+                    decision.headers,
+                    **decision.fields,
+                )
             extra_headers.extend(decision.headers)
 
         # -- stage: circuit breaker (gateway/breaker.py) --
@@ -180,11 +196,29 @@ class Pipeline:
             if permit is not None:
                 permit.release()
             outcome.error = "upstream_overloaded"
-            return json_error(503, "upstream_overloaded", request_id, (("Retry-After", "1"),), route=route.name,
-                              upstream=client.name, detail=f"{client.max_requests} requests already in flight")
+            return json_error(
+                503,
+                "upstream_overloaded",
+                request_id,
+                (("Retry-After", "1"),),
+                route=route.name,
+                upstream=client.name,
+                detail=f"{client.max_requests} requests already in flight",
+            )
         try:
-            return await self._proxy(request, runtime, identity, request_id, outcome, clock, route, path,
-                                     query, extra_headers, permit)
+            return await self._proxy(
+                request,
+                runtime,
+                identity,
+                request_id,
+                outcome,
+                clock,
+                route,
+                path,
+                query,
+                extra_headers,
+                permit,
+            )
         finally:
             client.done()
             if permit is not None:
@@ -216,18 +250,23 @@ class Pipeline:
             protected=runtime.protected_headers,
             host=request.host if route.preserve_host else client.host,
             forwarded_for=f"{prior_xff}, {peer}" if trusted_peer and prior_xff else peer,
-            forwarded_proto=(request.headers.get("X-Forwarded-Proto", request.scheme) if trusted_peer
-                             else request.scheme),
-            forwarded_host=(request.headers.get("X-Forwarded-Host", request.host) if trusted_peer
-                            else request.host),
+            forwarded_proto=(
+                request.headers.get("X-Forwarded-Proto", request.scheme) if trusted_peer else request.scheme
+            ),
+            forwarded_host=(
+                request.headers.get("X-Forwarded-Host", request.host) if trusted_peer else request.host
+            ),
             request_id=request_id,
         )
         retry = route.retries
         attempts = 1
         body: BodyStream | bytes | None = None
         # A probe is never retried: HALF_OPEN admits exactly `half_open_requests` calls to the upstream.
-        if (retry is not None and not (permit is not None and permit.probe)
-                and retry.replayable(request.method, request.headers, request.body_exists, length)):
+        if (
+            retry is not None
+            and not (permit is not None and permit.probe)
+            and retry.replayable(request.method, request.headers, request.body_exists, length)
+        ):
             attempts = retry.attempts
             if request.body_exists:
                 body = await request.read()  # known length <= MAX_REPLAY_BODY: buffered to be sent again
@@ -248,8 +287,12 @@ class Pipeline:
             attempt_at = clock()
             try:
                 upstream = await open_upstream(
-                    client, request.method, url, send_headers, body,
-                    timeout=route.client_timeout,
+                    client,
+                    request.method,
+                    url,
+                    send_headers,
+                    body,
+                    deadline=route.client_timeout,
                 )
             except BodyTooLarge:
                 outcome.error = "body_too_large"
@@ -263,10 +306,20 @@ class Pipeline:
                 outcome.upstream_duration = clock() - sent_at
                 if permit is not None:
                     permit.record_outcome(None, exc.kind, clock() - attempt_at)  # the final outcome only
-                return json_error(exc.status, exc.kind, request_id, route=route.name, upstream=client.name,
-                                  detail=exc.detail)
-            if (retry is not None and attempt < attempts and upstream.status in retry.statuses
-                    and may_retry(route)):
+                return json_error(
+                    exc.status,
+                    exc.kind,
+                    request_id,
+                    route=route.name,
+                    upstream=client.name,
+                    detail=exc.detail,
+                )
+            if (
+                retry is not None
+                and attempt < attempts
+                and upstream.status in retry.statuses
+                and may_retry(route)
+            ):
                 upstream.release()
                 attempt += 1
                 await asyncio.sleep(retry.delay(attempt - 1))
@@ -284,8 +337,12 @@ class Pipeline:
             # The head is gone: all that is left is to cut the connection so the client sees a truncated body.
             transport = request.transport
             client_gone = transport is None or transport.is_closing()
-            outcome.status, outcome.error = (499, "client_closed") if client_gone else (502, "upstream_midbody")
-            log.warning("relay_aborted", request_id=request_id, route=route.name, error=exc.__class__.__name__)
+            outcome.status, outcome.error = (
+                (499, "client_closed") if client_gone else (502, "upstream_midbody")
+            )
+            log.warning(
+                "relay_aborted", request_id=request_id, route=route.name, error=exc.__class__.__name__
+            )
             if transport is not None:
                 transport.close()
             return web.Response(status=outcome.status)  # never written: the connection is closed

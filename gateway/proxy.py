@@ -61,9 +61,13 @@ class UpstreamClient:
         self.in_flight -= 1
 
     @classmethod
-    def create(cls, name: str, url: str, *, max_connections: int, max_requests: int = 1 << 30) -> UpstreamClient:
+    def create(
+        cls, name: str, url: str, *, max_connections: int, max_requests: int = 1 << 30
+    ) -> UpstreamClient:
         parsed = URL(url)
-        connector = aiohttp.TCPConnector(limit=max_connections, limit_per_host=max_connections, ttl_dns_cache=60)
+        connector = aiohttp.TCPConnector(
+            limit=max_connections, limit_per_host=max_connections, ttl_dns_cache=60
+        )
         session = aiohttp.ClientSession(
             connector=connector,
             auto_decompress=False,  # bodies pass untouched
@@ -71,8 +75,13 @@ class UpstreamClient:
             skip_auto_headers=("User-Agent", "Accept", "Accept-Encoding", "Content-Type"),
             timeout=aiohttp.ClientTimeout(total=None),
         )
-        return cls(name=name, base=str(parsed).rstrip("/"), host=parsed.raw_authority, session=session,
-                   max_requests=max_requests)
+        return cls(
+            name=name,
+            base=str(parsed).rstrip("/"),
+            host=parsed.raw_authority,
+            session=session,
+            max_requests=max_requests,
+        )
 
     async def close(self) -> None:
         await self.session.close()
@@ -122,7 +131,7 @@ def forward_headers(
 
 
 class BodyStream:
-    """The client's body streamed upstream, counted against a cap as it goes (client_max_size only covers read())."""
+    """The client's body streamed upstream, counted against a cap as it goes (client_max_size: read())."""
 
     def __init__(self, request: web.BaseRequest, limit: int) -> None:
         self._request = request
@@ -161,7 +170,7 @@ async def open_upstream(
     headers: CIMultiDict[str],
     body: BodyStream | bytes | None,
     *,
-    timeout: aiohttp.ClientTimeout,
+    deadline: aiohttp.ClientTimeout,
 ) -> aiohttp.ClientResponse:
     """Send the request and wait for the response head. Raises UpstreamError or BodyTooLarge."""
     try:
@@ -171,12 +180,12 @@ async def open_upstream(
             headers=headers,
             data=body,
             allow_redirects=False,
-            timeout=timeout,
+            timeout=deadline,
             compress=False,
         )
     except BodyTooLarge:
         raise
-    except (aiohttp.ClientError, asyncio.TimeoutError, OSError) as exc:
+    except (TimeoutError, aiohttp.ClientError, OSError) as exc:
         if isinstance(body, BodyStream) and body.too_large:
             raise BodyTooLarge("request body too large") from None
         raise classify(exc) from None

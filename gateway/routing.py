@@ -85,7 +85,9 @@ class Router(Generic[T]):
                 continue
             prefix = match.literal_prefix
             node = self._root
-            for segment in prefix.split("/")[1:-1]:  # whole segments only; a partial last one stays in the regex
+            for segment in prefix.split("/")[
+                1:-1
+            ]:  # whole segments only; a partial last one stays in the regex
                 node = node.children.setdefault(segment, _Node())
             node.candidates.append((len(prefix), order, methods, _compile(match.regex), target))
             node.candidates.sort(key=lambda c: (-c[0], c[2] is None, c[1]))

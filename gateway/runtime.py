@@ -82,7 +82,8 @@ def compile_route(
         connect_timeout=route.connect_timeout or upstream.connect_timeout,
         timeout=route.timeout or upstream.timeout,
         client_timeout=aiohttp.ClientTimeout(
-            total=route.timeout or upstream.timeout, sock_connect=route.connect_timeout or upstream.connect_timeout
+            total=route.timeout or upstream.timeout,
+            sock_connect=route.connect_timeout or upstream.connect_timeout,
         ),
         preserve_host=upstream.preserve_host,
         retries=RetryPolicy.compile(route.retries) if route.retries is not None else None,
@@ -111,8 +112,9 @@ def build_runtime(
         if previous is not None and previous.upstream_specs.get(name) == spec:
             clients[name] = previous.clients[name]
         else:
-            clients[name] = UpstreamClient.create(name, spec.url, max_connections=spec.max_connections,
-                                                  max_requests=spec.max_requests)
+            clients[name] = UpstreamClient.create(
+                name, spec.url, max_connections=spec.max_connections, max_requests=spec.max_requests
+            )
     breakers = build_breakers(
         policy, previous.breakers if previous is not None else {}, transition_listener(events.emit), clock
     )
@@ -123,8 +125,15 @@ def build_runtime(
     router = Router([(route.match, compiled[route.name]) for route in policy.routes])
     user_header = policy.identity.user_header
     protected = frozenset(
-        {user_header.lower(), "x-request-id", "x-forwarded-for", "x-forwarded-proto", "x-forwarded-host",
-         "x-real-ip", "forwarded"}
+        {
+            user_header.lower(),
+            "x-request-id",
+            "x-forwarded-for",
+            "x-forwarded-proto",
+            "x-forwarded-host",
+            "x-real-ip",
+            "forwarded",
+        }
     )
     return Runtime(
         loaded=loaded,
@@ -138,8 +147,9 @@ def build_runtime(
         breakers=breakers,
         retry_budgets=budgets,
         slo=SloRecorder(policy, previous.slo if previous is not None else None, clock=clock),
-        limiter=Limiter(policy, previous.limiter if previous is not None else None, events=events,
-                        clock=clock),
+        limiter=Limiter(
+            policy, previous.limiter if previous is not None else None, events=events, clock=clock
+        ),
     )
 
 

@@ -92,16 +92,25 @@ class GatewayRequestHandler(RequestHandler):
         if request.writer.output_size > 0:
             raise ConnectionError("response already started; cannot send an error")
         error, detail = "bad_request", "malformed HTTP request"
-        if isinstance(exc, LineTooLong) or (isinstance(exc, BadHttpMessage) and "Too many headers" in str(exc)):
+        if isinstance(exc, LineTooLong) or (
+            isinstance(exc, BadHttpMessage) and "Too many headers" in str(exc)
+        ):
             status, error, detail = 431, "headers_too_large", "request header fields too large"
         elif isinstance(exc, BadHttpMessage):
             detail = (exc.message or "malformed HTTP request").splitlines()[0].rstrip(":")
         elif status >= 500:
             error, detail = "gateway_error", "the gateway failed to handle the request"
-        log.warning("bad_request", status=status, peer=request.remote, detail=detail,
-                    exc=exc.__class__.__name__ if exc else None)
+        log.warning(
+            "bad_request",
+            status=status,
+            peer=request.remote,
+            detail=detail,
+            exc=exc.__class__.__name__ if exc else None,
+        )
         response = web.Response(
-            status=status, body=orjson.dumps({"error": error, "detail": detail}), content_type="application/json"
+            status=status,
+            body=orjson.dumps({"error": error, "detail": detail}),
+            content_type="application/json",
         )
         response.force_close()
         return response

@@ -35,8 +35,9 @@ routes:
 
 @pytest.fixture
 async def gw(make_gateway: GatewayFactory, upstream: TestServer):  # type: ignore[no-untyped-def]
-    return await make_gateway(POLICY, url=str(upstream.make_url("")).rstrip("/"), dead_port=free_port(),
-                              trusted="10.9.9.9/32")
+    return await make_gateway(
+        POLICY, url=str(upstream.make_url("")).rstrip("/"), dead_port=free_port(), trusted="10.9.9.9/32"
+    )
 
 
 async def test_method_path_and_query_are_forwarded_byte_exact(gw, upstream: TestServer) -> None:  # type: ignore[no-untyped-def]
@@ -126,8 +127,14 @@ async def test_hop_by_hop_stripped_both_ways(gw) -> None:  # type: ignore[no-unt
 
 
 async def test_forwarded_headers_from_untrusted_peer_are_replaced(gw, upstream: TestServer) -> None:  # type: ignore[no-untyped-def]
-    resp = await gw.get("/echo", headers={"X-Forwarded-For": "6.6.6.6", "X-Forwarded-Proto": "https",
-                                          "X-Forwarded-Host": "evil.example"})
+    resp = await gw.get(
+        "/echo",
+        headers={
+            "X-Forwarded-For": "6.6.6.6",
+            "X-Forwarded-Proto": "https",
+            "X-Forwarded-Host": "evil.example",
+        },
+    )
     sent = {k.lower(): v for k, v in (await resp.json())["headers"]}
     assert sent["x-forwarded-for"] == "127.0.0.1"
     assert sent["x-forwarded-proto"] == "http"
@@ -160,7 +167,9 @@ async def test_dead_upstream_is_502_with_json_reason(gw) -> None:  # type: ignor
 async def test_body_over_cap_is_413_without_contacting_upstream(gw, upstream: TestServer) -> None:  # type: ignore[no-untyped-def]
     recorder = upstream.app[RECORDER]
     before = len(recorder.requests)
-    resp = await gw.post("/echo", data=io.BytesIO(b"x" * (2 * 2**20)))  # Content-Length over the 1 MiB default
+    resp = await gw.post(
+        "/echo", data=io.BytesIO(b"x" * (2 * 2**20))
+    )  # Content-Length over the 1 MiB default
     assert resp.status == 413
     assert (await resp.json())["error"] == "body_too_large"
     assert len(recorder.requests) == before
@@ -175,9 +184,12 @@ async def test_streamed_body_over_cap_is_413(gw) -> None:  # type: ignore[no-unt
     assert resp.status == 413
 
 
-async def test_unmatched_path_without_default_route_is_404(make_gateway: GatewayFactory, upstream: TestServer) -> None:
+async def test_unmatched_path_without_default_route_is_404(
+    make_gateway: GatewayFactory, upstream: TestServer
+) -> None:
     gw = await make_gateway(
-        'version: 1\nupstreams: {{app: {{url: "{url}"}}}}\nroutes:\n  - {{name: a, match: "GET /a", upstream: app}}\n',
+        'version: 1\nupstreams: {{app: {{url: "{url}"}}}}\n'
+        'routes:\n  - {{name: a, match: "GET /a", upstream: app}}\n',
         url=str(upstream.make_url("")).rstrip("/"),
     )
     resp = await gw.get("/nothing")
@@ -204,9 +216,11 @@ async def test_client_disconnect_cancels_the_upstream_call(make_gateway: Gateway
     server = TestServer(app, handler_cancellation=True)
     await server.start_server()
     try:
-        gw = await make_gateway('version: 1\nupstreams: {{app: {{url: "{url}", timeout: 60s}}}}\n'
-                                'routes: [{{name: a, match: "GET /hang", upstream: app}}]\n',
-                                url=str(server.make_url("")).rstrip("/"))
+        gw = await make_gateway(
+            'version: 1\nupstreams: {{app: {{url: "{url}", timeout: 60s}}}}\n'
+            'routes: [{{name: a, match: "GET /hang", upstream: app}}]\n',
+            url=str(server.make_url("")).rstrip("/"),
+        )
         reader, writer = await asyncio.open_connection("127.0.0.1", gw.port)
         writer.write(b"GET /hang HTTP/1.1\r\nHost: x\r\n\r\n")
         await writer.drain()
@@ -228,9 +242,11 @@ async def test_upstream_reset_mid_body_truncates_the_client_response(make_gatewa
     sock.bind(("127.0.0.1", 0))
     server = await asyncio.start_server(serve, sock=sock)
     try:
-        gw = await make_gateway('version: 1\nupstreams: {{app: {{url: "http://127.0.0.1:{port}"}}}}\n'
-                                'routes: [{{name: a, match: "GET /{{p:.*}}", upstream: app}}]\n',
-                                port=sock.getsockname()[1])
+        gw = await make_gateway(
+            'version: 1\nupstreams: {{app: {{url: "http://127.0.0.1:{port}"}}}}\n'
+            'routes: [{{name: a, match: "GET /{{p:.*}}", upstream: app}}]\n',
+            port=sock.getsockname()[1],
+        )
         resp = await gw.get("/x")
         assert resp.status == 200
         with pytest.raises(aiohttp.ClientPayloadError):

@@ -1,4 +1,4 @@
-"""policies.yaml -> Policy. Every problem is reported as `FILE:LINE key.path: message`; nothing is half loaded."""
+"""policies.yaml -> Policy. Every problem is reported as `FILE:LINE key.path: message`; nothing half loads."""
 
 from __future__ import annotations
 
@@ -75,8 +75,14 @@ _SCALAR_TAGS = {
     "tag:yaml.org,2002:null": _CONSTRUCTOR.construct_yaml_null,
 }
 
-_ALLOWED_TAGS = {None, "!", *_SCALAR_TAGS, "tag:yaml.org,2002:str", "tag:yaml.org,2002:map",
-                 "tag:yaml.org,2002:seq"}
+_ALLOWED_TAGS = {
+    None,
+    "!",
+    *_SCALAR_TAGS,
+    "tag:yaml.org,2002:str",
+    "tag:yaml.org,2002:map",
+    "tag:yaml.org,2002:seq",
+}
 
 
 class _Frame:
@@ -167,8 +173,13 @@ class _Builder:
             else:
                 self._check_tag(event)
                 if len(stack) >= MAX_DEPTH:
-                    raise PolicyError([Problem(self.source, line, format_path(path),
-                                               f"nested deeper than {MAX_DEPTH} levels")])
+                    raise PolicyError(
+                        [
+                            Problem(
+                                self.source, line, format_path(path), f"nested deeper than {MAX_DEPTH} levels"
+                            )
+                        ]
+                    )
                 value = {} if isinstance(event, yaml.MappingStartEvent) else []
             if frame is None:
                 root = value
@@ -240,7 +251,7 @@ def _message(error: Any) -> str:
 
 
 def parse_policy(text: str, source: str = "<policy>") -> Policy:
-    """Validate policy text completely; raises PolicyError listing every problem with file:line and key path."""
+    """Validate policy text completely; raises PolicyError listing every problem with file:line, key path."""
     if len(text.encode()) > MAX_BYTES:
         raise PolicyError([Problem(source, 1, "", f"policy file larger than {MAX_BYTES // 2**20} MiB")])
     builder = _Builder(source)
@@ -253,7 +264,9 @@ def parse_policy(text: str, source: str = "<policy>") -> Policy:
     except yaml.YAMLError as exc:
         raise PolicyError([Problem(source, 1, "", f"YAML error: {str(exc).splitlines()[0]}")]) from None
     if not isinstance(data, dict):
-        raise PolicyError([Problem(source, 1, "", "a policy must be a YAML mapping with version, upstreams, routes")])
+        raise PolicyError(
+            [Problem(source, 1, "", "a policy must be a YAML mapping with version, upstreams, routes")]
+        )
     problems = list(builder.problems)
     try:
         policy = Policy.model_validate(data)
@@ -264,7 +277,9 @@ def parse_policy(text: str, source: str = "<policy>") -> Policy:
             if error["type"] == "too_short" and tuple(error["loc"]) in deeper:
                 continue  # a list whose items failed is reported by its items, not as "too short"
             path = _data_path(data, tuple(error["loc"]))
-            problems.append(Problem(source, _line_for(builder.lines, path), format_path(path), _message(error)))
+            problems.append(
+                Problem(source, _line_for(builder.lines, path), format_path(path), _message(error))
+            )
         raise PolicyError(problems) from None
     for path, message in policy.reference_errors():
         problems.append(Problem(source, _line_for(builder.lines, path), format_path(path), message))

@@ -79,18 +79,20 @@ class Admin(Strict):
     @field_validator("listen")
     @classmethod
     def _listen(cls, value: str | None) -> str | None:
-        # Refused rather than ignored: an operator who sets it believes the main listener no longer serves ops.
+        # Refused rather than ignored: whoever sets it believes the main listener no longer serves ops.
         if value is not None:
             raise ValueError("a separate admin listener is not supported yet; remove admin.listen")
         return value
 
 
 class SloSettings(Strict):
-    """How SLOs are measured: the sliding window of percentiles and error rates, and what counts as an error."""
+    """How SLOs are measured: the sliding window of percentiles and error rates, and what is an error."""
 
     window: Duration = 300.0  # kept in 10 s steps; burn rates always use 5m/30m/1h/6h
     count_429_as_error: bool = False  # by default only 5xx are errors and 429s are counted apart
-    buckets: Annotated[tuple[Duration, ...], Field(min_length=1, max_length=40)] | None = None  # histogram bounds
+    buckets: Annotated[tuple[Duration, ...], Field(min_length=1, max_length=40)] | None = (
+        None  # histogram bounds
+    )
 
     @field_validator("window")
     @classmethod
@@ -106,7 +108,9 @@ class Audit(Strict):
     dir: Annotated[str, Field(min_length=1)] = "data/audit"  # relative to the policy file's directory
     max_events: Annotated[int, Field(ge=100)] = 100_000  # Redis Stream cap (MAXLEN ~)
     max_age: Duration = 7 * 86400.0  # older events are trimmed (Redis MINID) or their files deleted
-    queue_size: Annotated[int, Field(ge=10, le=10_000_000)] = 10_000  # events waiting to be written; more drop
+    queue_size: Annotated[int, Field(ge=10, le=10_000_000)] = (
+        10_000  # events waiting to be written; more drop
+    )
     max_file_size: Annotated[Size, Field(ge=4096)] = 64 * 2**20  # a JSON-lines file rotates past this size
 
 
@@ -170,7 +174,7 @@ class Server(Strict):
     drain_timeout: Duration = 30.0
 
 
-# What a breaker counts as a failure: a class, or one exact status (e.g. list 500, 502, 504 without 503 so that
+# What a breaker counts as a failure: a class, or one exact status (e.g. 500, 502, 504 without 503 so that
 # a 503 an upstream relays from another open breaker does not count against it).
 FailureOn = Literal["5xx", "timeout", "connect_error", "429"] | Annotated[int, Field(ge=400, le=599)]
 
@@ -197,7 +201,9 @@ class Breaker(Strict):
     @model_validator(mode="after")
     def _coherent(self) -> Breaker:
         if self.consecutive_failures is None and self.failure_rate is None and self.slow_call_rate is None:
-            raise ValueError("a breaker needs at least one of consecutive_failures, failure_rate, slow_call_rate")
+            raise ValueError(
+                "a breaker needs at least one of consecutive_failures, failure_rate, slow_call_rate"
+            )
         if (self.slow_call is None) != (self.slow_call_rate is None):
             raise ValueError("slow_call and slow_call_rate go together: set both or neither")
         if isinstance(self.window, int) and self.min_calls > self.window:
@@ -261,7 +267,9 @@ class Slo(Strict):
     p95: Duration | None = None
     p99: Duration | None = None
     error_rate: Percent | None = None
-    alias: Name | None = None  # extra short key in /api/ops/metrics: p95_<alias> (e.g. the runbook's horoscopes)
+    alias: Name | None = (
+        None  # extra short key in /api/ops/metrics: p95_<alias> (e.g. the runbook's horoscopes)
+    )
 
     @field_validator("error_rate")
     @classmethod
@@ -346,7 +354,9 @@ def parse_match(text: str) -> Match:
 MatchField = Annotated[
     Match,
     PlainSerializer(str, return_type=str),
-    WithJsonSchema({"type": "string", "examples": ["GET /api/horoscopes/daily", "* /egress/payments/{path:.*}"]}),
+    WithJsonSchema(
+        {"type": "string", "examples": ["GET /api/horoscopes/daily", "* /egress/payments/{path:.*}"]}
+    ),
 ]
 
 
@@ -407,43 +417,59 @@ class Policy(Strict):
         for name, upstream in self.upstreams.items():
             if upstream.breaker is not None and upstream.breaker not in self.breakers:
                 errors.append(
-                    (("upstreams", name, "breaker"),
-                     f"unknown breaker {upstream.breaker!r} (known: {known(self.breakers)})")
+                    (
+                        ("upstreams", name, "breaker"),
+                        f"unknown breaker {upstream.breaker!r} (known: {known(self.breakers)})",
+                    )
                 )
         seen_names: dict[str, int] = {}
         seen_matches: dict[tuple[frozenset[str] | None, str], int] = {}
         for i, route in enumerate(self.routes):
             if route.name in seen_names:
                 errors.append(
-                    (("routes", i, "name"), f"duplicate route name {route.name!r} (first at routes[{seen_names[route.name]}])")
+                    (
+                        ("routes", i, "name"),
+                        f"duplicate route name {route.name!r} (first at routes[{seen_names[route.name]}])",
+                    )
                 )
             seen_names.setdefault(route.name, i)
             if route.upstream not in self.upstreams:
                 errors.append(
-                    (("routes", i, "upstream"),
-                     f"unknown upstream {route.upstream!r} (known: {known(self.upstreams)})")
+                    (
+                        ("routes", i, "upstream"),
+                        f"unknown upstream {route.upstream!r} (known: {known(self.upstreams)})",
+                    )
                 )
             if route.breaker is not None and route.breaker not in self.breakers:
                 errors.append(
-                    (("routes", i, "breaker"), f"unknown breaker {route.breaker!r} (known: {known(self.breakers)})")
+                    (
+                        ("routes", i, "breaker"),
+                        f"unknown breaker {route.breaker!r} (known: {known(self.breakers)})",
+                    )
                 )
             for j, limit in enumerate(route.rate_limits):
                 if limit not in self.rate_limits:
                     errors.append(
-                        (("routes", i, "rate_limits", j),
-                         f"unknown limit {limit!r} (known: {known(self.rate_limits)})")
+                        (
+                            ("routes", i, "rate_limits", j),
+                            f"unknown limit {limit!r} (known: {known(self.rate_limits)})",
+                        )
                     )
             key = (route.match.methods, route.match.template)
             if key in seen_matches:
                 errors.append(
-                    (("routes", i, "match"),
-                     f"route overlaps routes[{seen_matches[key]}] (same method and path)")
+                    (
+                        ("routes", i, "match"),
+                        f"route overlaps routes[{seen_matches[key]}] (same method and path)",
+                    )
                 )
             seen_matches.setdefault(key, i)
             if route.strip_prefix is not None and not route.match.template.startswith(route.strip_prefix):
                 errors.append(
-                    (("routes", i, "strip_prefix"),
-                     f"strip_prefix {route.strip_prefix!r} is not a prefix of {route.match.template!r}")
+                    (
+                        ("routes", i, "strip_prefix"),
+                        f"strip_prefix {route.strip_prefix!r} is not a prefix of {route.match.template!r}",
+                    )
                 )
         aliases: dict[str, int] = {}
         for i, route in enumerate(self.routes):
@@ -451,7 +477,9 @@ class Policy(Strict):
             if alias is None:
                 continue
             if alias in aliases or (alias in seen_names and alias != route.name):
-                errors.append((("routes", i, "slo", "alias"), f"alias {alias!r} is already a route name or alias"))
+                errors.append(
+                    (("routes", i, "slo", "alias"), f"alias {alias!r} is already a route name or alias")
+                )
             aliases.setdefault(alias, i)
         return errors
 

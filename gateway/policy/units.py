@@ -11,11 +11,20 @@ from pydantic import BeforeValidator, PlainSerializer, WithJsonSchema
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)\s*$")
 _DURATION_FACTORS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
 _SIZE = re.compile(r"^\s*(\d+)\s*(B|KB|KiB|MB|MiB|GB|GiB)?\s*$")
-_SIZE_FACTORS = {None: 1, "B": 1, "KB": 1000, "KiB": 1024, "MB": 10**6, "MiB": 2**20, "GB": 10**9, "GiB": 2**30}
+_SIZE_FACTORS = {
+    None: 1,
+    "B": 1,
+    "KB": 1000,
+    "KiB": 1024,
+    "MB": 10**6,
+    "MiB": 2**20,
+    "GB": 10**9,
+    "GiB": 2**30,
+}
 
 
 def parse_duration(value: Any) -> float:
-    """Seconds from '250ms', '5s', '1m', '1h', '1d'; a bare number is not accepted (units must be explicit)."""
+    """Seconds from '250ms', '5s', '1m', '1h', '1d'; a bare number is refused (units must be explicit)."""
     if isinstance(value, bool) or not isinstance(value, str):
         raise ValueError(f"expected a duration such as 250ms, 5s or 1h, got {value!r}")
     m = _DURATION.match(value)
@@ -76,7 +85,9 @@ Duration = Annotated[
     float,
     BeforeValidator(parse_duration),
     PlainSerializer(format_duration, return_type=str),
-    WithJsonSchema({"type": "string", "pattern": r"^\d+(\.\d+)?(ms|s|m|h|d)$", "examples": ["250ms", "5s", "1h"]}),
+    WithJsonSchema(
+        {"type": "string", "pattern": r"^\d+(\.\d+)?(ms|s|m|h|d)$", "examples": ["250ms", "5s", "1h"]}
+    ),
 ]
 Percent = Annotated[
     float,

@@ -17,7 +17,9 @@ def sample(text: str, name: str) -> float:
     return float(match.group(1))
 
 
-async def test_audit_counters_are_exported(make_gateway: GatewayFactory, upstream: TestServer, tmp_path) -> None:  # type: ignore[no-untyped-def]
+async def test_audit_counters_are_exported(
+    make_gateway: GatewayFactory, upstream: TestServer, tmp_path
+) -> None:  # type: ignore[no-untyped-def]
     gw = await make_gateway(policy(str(upstream.make_url("")).rstrip("/"), audit_dir=str(tmp_path / "audit")))
     gateway = gw.app[GATEWAY]  # type: ignore[index]
     for i in range(3):

@@ -14,7 +14,10 @@ from gateway.policy.model import Policy
 
 ROOT = Path(__file__).resolve().parents[2]
 BAD = sorted((Path(__file__).parent / "bad").glob("*.yaml"))
-MINIMAL = 'version: 1\nupstreams: {app: {url: "http://127.0.0.1:8001"}}\nroutes: [{name: a, match: "GET /a", upstream: app}]\n'
+MINIMAL = (
+    'version: 1\nupstreams: {app: {url: "http://127.0.0.1:8001"}}\n'
+    'routes: [{name: a, match: "GET /a", upstream: app}]\n'
+)
 
 
 def expected(path: Path) -> str:
@@ -37,7 +40,9 @@ def test_check_command_lists_every_error_and_exits_1(tmp_path: Path) -> None:
         "version: 1\nupstreams:\n  app: {url: 'http://127.0.0.1:1', timeout: 5x}\n"
         "routes:\n  - {name: a, match: 'GET /a', upstream: app, nope: 1}\n"
     )
-    run = subprocess.run([sys.executable, "-m", "gateway", "check", str(policy)], capture_output=True, text=True)
+    run = subprocess.run(
+        [sys.executable, "-m", "gateway", "check", str(policy)], capture_output=True, text=True
+    )
     assert run.returncode == 1
     assert run.stderr.splitlines() == [
         f"{policy}:3 upstreams.app.timeout: bad duration '5x' (use a number with ms, s, m, h or d)",
@@ -47,8 +52,12 @@ def test_check_command_lists_every_error_and_exits_1(tmp_path: Path) -> None:
 
 
 def test_check_command_accepts_the_shipped_policy() -> None:
-    run = subprocess.run([sys.executable, "-m", "gateway", "check", str(ROOT / "policies.yaml")],
-                         capture_output=True, text=True, cwd=ROOT)
+    run = subprocess.run(
+        [sys.executable, "-m", "gateway", "check", str(ROOT / "policies.yaml")],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+    )
     assert run.returncode == 0, run.stderr
     assert "ok" in run.stdout
 

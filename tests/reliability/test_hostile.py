@@ -22,40 +22,59 @@ routes: [{{name: d, match: "* /{{p:.*}}", upstream: app}}]
 """
 
 HOSTILE = {
-    "cl_and_te": (b"POST /echo HTTP/1.1\r\nHost: x\r\nContent-Length: 4\r\nTransfer-Encoding: chunked\r\n\r\n"
-                  b"0\r\n\r\n", 400),
-    "duplicate_content_length": (b"POST /echo HTTP/1.1\r\nHost: x\r\nContent-Length: 4\r\nContent-Length: 5\r\n\r\n"
-                                 b"abcde", 400),
+    "cl_and_te": (
+        b"POST /echo HTTP/1.1\r\nHost: x\r\nContent-Length: 4\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n",
+        400,
+    ),
+    "duplicate_content_length": (
+        b"POST /echo HTTP/1.1\r\nHost: x\r\nContent-Length: 4\r\nContent-Length: 5\r\n\r\nabcde",
+        400,
+    ),
     "xchunked": (b"POST /echo HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: xchunked\r\n\r\n0\r\n\r\n", 400),
-    "chunked_not_last": (b"POST /echo HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked, identity\r\n\r\n0\r\n\r\n",
-                         400),
+    "chunked_not_last": (
+        b"POST /echo HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked, identity\r\n\r\n0\r\n\r\n",
+        400,
+    ),
     "obs_fold": (b"GET /echo HTTP/1.1\r\nHost: x\r\nX-A: a\r\n b\r\n\r\n", 400),
     "bare_lf": (b"GET /echo HTTP/1.1\nHost: x\n\n", 400),
-    "bad_chunk_size": (b"POST /echo HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\nabc\r\n0\r\n\r\n",
-                       400),
+    "bad_chunk_size": (
+        b"POST /echo HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\nabc\r\n0\r\n\r\n",
+        400,
+    ),
     "duplicate_host": (b"GET /echo HTTP/1.1\r\nHost: a\r\nHost: b\r\n\r\n", 400),
     "space_before_colon": (b"GET /echo HTTP/1.1\r\nHost: x\r\nX-A : b\r\n\r\n", 400),
     "nul_in_header": (b"GET /echo HTTP/1.1\r\nHost: x\r\nX-A: a\x00b\r\n\r\n", 400),
     "oversized_header": (b"GET /echo HTTP/1.1\r\nHost: x\r\nX-Big: " + b"a" * 20000 + b"\r\n\r\n", 431),
-    "too_many_headers": (b"GET /echo HTTP/1.1\r\nHost: x\r\n" + b"".join(b"X-%d: 1\r\n" % i for i in range(300))
-                         + b"\r\n", 431),
-    "oversized_streamed_body": (b"POST /echo HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n"
-                                + (b"8000\r\n" + b"b" * 0x8000 + b"\r\n") * 3 + b"0\r\n\r\n", 413),
-    "oversized_declared_body": (b"POST /echo HTTP/1.1\r\nHost: x\r\nContent-Length: 70000\r\n\r\n" + b"c" * 70000,
-                                413),
+    "too_many_headers": (
+        b"GET /echo HTTP/1.1\r\nHost: x\r\n" + b"".join(b"X-%d: 1\r\n" % i for i in range(300)) + b"\r\n",
+        431,
+    ),
+    "oversized_streamed_body": (
+        b"POST /echo HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n"
+        + (b"8000\r\n" + b"b" * 0x8000 + b"\r\n") * 3
+        + b"0\r\n\r\n",
+        413,
+    ),
+    "oversized_declared_body": (
+        b"POST /echo HTTP/1.1\r\nHost: x\r\nContent-Length: 70000\r\n\r\n" + b"c" * 70000,
+        413,
+    ),
     "dot_segments_above_root": (b"GET /../../etc/passwd HTTP/1.1\r\nHost: x\r\n\r\n", 400),
 }
 
 
 @pytest.fixture
 async def gw(make_gateway: GatewayFactory, upstream: TestServer) -> TestClient:  # type: ignore[type-arg]
-    return await make_gateway(POLICY, url=str(upstream.make_url("")).rstrip("/"), header_timeout="500ms",
-                              max_connections=50)
+    return await make_gateway(
+        POLICY, url=str(upstream.make_url("")).rstrip("/"), header_timeout="500ms", max_connections=50
+    )
 
 
 @pytest.mark.parametrize("name", HOSTILE)
 async def test_hostile_request_refused_and_upstream_sees_nothing(
-    name: str, gw: TestClient, upstream: TestServer  # type: ignore[type-arg]
+    name: str,
+    gw: TestClient,
+    upstream: TestServer,  # type: ignore[type-arg]
 ) -> None:
     data, expected = HOSTILE[name]
     recorder = upstream.app[RECORDER]

@@ -1,4 +1,4 @@
-"""SIGTERM drains: in-flight requests finish, new connections are refused, exit 0; a second signal exits now."""
+"""SIGTERM drains: in-flight requests finish, new connections are refused, exit 0; a 2nd signal exits now."""
 
 from __future__ import annotations
 
@@ -16,6 +16,8 @@ from aiohttp.test_utils import TestServer
 
 from tests.support.redis import free_port
 
+ROOT = str(Path(__file__).resolve().parents[2])
+
 
 @pytest.fixture
 async def slow_upstream() -> AsyncIterator[TestServer]:
@@ -31,7 +33,9 @@ async def slow_upstream() -> AsyncIterator[TestServer]:
     await server.close()
 
 
-async def start_gateway(tmp_path: Path, upstream_port: int, drain: str) -> tuple[asyncio.subprocess.Process, int]:
+async def start_gateway(
+    tmp_path: Path, upstream_port: int, drain: str
+) -> tuple[asyncio.subprocess.Process, int]:
     port = free_port()
     policy = tmp_path / "p.yaml"
     policy.write_text(
@@ -41,9 +45,19 @@ async def start_gateway(tmp_path: Path, upstream_port: int, drain: str) -> tuple
         'routes: [{name: d, match: "* /{p:.*}", upstream: app}]\n'
     )
     proc = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "gateway", "serve", "--policy", str(policy), "--port", str(port), "--no-watch",
-        stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.PIPE, cwd=tmp_path,
-        env={**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[2])},
+        sys.executable,
+        "-m",
+        "gateway",
+        "serve",
+        "--policy",
+        str(policy),
+        "--port",
+        str(port),
+        "--no-watch",
+        stdout=asyncio.subprocess.DEVNULL,
+        stderr=asyncio.subprocess.PIPE,
+        cwd=tmp_path,
+        env={**os.environ, "PYTHONPATH": ROOT},
     )
     for _ in range(200):
         try:
@@ -56,7 +70,9 @@ async def start_gateway(tmp_path: Path, upstream_port: int, drain: str) -> tuple
     raise RuntimeError("gateway did not start")
 
 
-async def test_sigterm_lets_in_flight_requests_finish_then_exits_0(tmp_path: Path, slow_upstream: TestServer) -> None:
+async def test_sigterm_lets_in_flight_requests_finish_then_exits_0(
+    tmp_path: Path, slow_upstream: TestServer
+) -> None:
     proc, port = await start_gateway(tmp_path, slow_upstream.port, "5s")  # type: ignore[arg-type]
     async with aiohttp.ClientSession() as session:
         in_flight = asyncio.ensure_future(session.get(f"http://127.0.0.1:{port}/slow?s=1"))

@@ -1,5 +1,5 @@
-"""The soak (`make soak`, not in `make test`): a steady load for SOAK_SECONDS (default 600) with policy reloads
-and a Redis restart in the middle. RSS growth under 10%, no unexpected status, every 429 in the audit trail."""
+"""The soak (`make soak`, not in `make test`): a steady load for SOAK_SECONDS (default 600) with policy
+reloads and a Redis restart in the middle. RSS growth under 10%, no unexpected status, every 429 audited."""
 
 from __future__ import annotations
 
@@ -30,6 +30,8 @@ routes:
   - {{name: default, match: "* /{{p:.*}}", upstream: app}}
 """
 
+ROOT = str(Path(__file__).resolve().parents[2])
+
 
 def rss_kib(pid: int) -> int:
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
@@ -42,7 +44,9 @@ def rss_kib(pid: int) -> int:
 async def test_soak(tmp_path: Path) -> None:
     seconds = float(os.environ.get("SOAK_SECONDS", "600"))
     rate = float(os.environ.get("SOAK_RATE", "200"))  # requests/s: about half of what 2 cores sustain
-    redis = start_redis("--appendonly", "yes", "--appendfsync", "always")  # the audit stream survives a restart
+    redis = start_redis(
+        "--appendonly", "yes", "--appendfsync", "always"
+    )  # the audit stream survives a restart
 
     async def ok(_: web.Request) -> web.Response:
         return web.Response(text="ok")
@@ -62,9 +66,20 @@ async def test_soak(tmp_path: Path) -> None:
 
     write_policy(5)
     proc = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "gateway", "serve", "--policy", str(policy), "--port", str(port), "--log-level",
-        "warning", stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.DEVNULL, cwd=tmp_path,
-        env={**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[2])},
+        sys.executable,
+        "-m",
+        "gateway",
+        "serve",
+        "--policy",
+        str(policy),
+        "--port",
+        str(port),
+        "--log-level",
+        "warning",
+        stdout=asyncio.subprocess.DEVNULL,
+        stderr=asyncio.subprocess.DEVNULL,
+        cwd=tmp_path,
+        env={**os.environ, "PYTHONPATH": ROOT},
     )
     base = f"http://127.0.0.1:{port}"
     statuses: collections.Counter[int] = collections.Counter()
@@ -113,9 +128,16 @@ async def test_soak(tmp_path: Path) -> None:
             await asyncio.gather(*pending)
             rss_end = rss_kib(proc.pid)
             await asyncio.sleep(1.5)  # let the audit writer drain
-            async with session.post(f"{base}/api/ops/export", headers=ADMIN, json={
-                "entities": ["audit"], "range": {"from": "2000-01-01T00:00:00Z"},
-                "filter": {"type": "rate_limit_hit"}, "format": "ndjson"}) as resp:
+            async with session.post(
+                f"{base}/api/ops/export",
+                headers=ADMIN,
+                json={
+                    "entities": ["audit"],
+                    "range": {"from": "2000-01-01T00:00:00Z"},
+                    "filter": {"type": "rate_limit_hit"},
+                    "format": "ndjson",
+                },
+            ) as resp:
                 assert resp.status == 200
                 hits = sum(1 for line in (await resp.text()).splitlines() if line.strip())
     finally:
@@ -123,8 +145,10 @@ async def test_soak(tmp_path: Path) -> None:
         await proc.wait()
         await upstream.close()
         redis.stop()
-    print(f"\nsoak: {i} requests in {seconds:.0f}s, statuses {dict(statuses)}, reloads {reloads}, "
-          f"rss {rss_warm} -> {rss_end} KiB, audit rate_limit_hit {hits}")
+    print(
+        f"\nsoak: {i} requests in {seconds:.0f}s, statuses {dict(statuses)}, reloads {reloads}, "
+        f"rss {rss_warm} -> {rss_end} KiB, audit rate_limit_hit {hits}"
+    )
     assert failures == []
     assert set(statuses) <= {200, 429}
     assert statuses[429] > 0

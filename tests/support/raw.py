@@ -5,13 +5,13 @@ from __future__ import annotations
 import asyncio
 
 
-async def raw_request(port: int, data: bytes, timeout: float = 5.0) -> tuple[int, dict[str, str], bytes]:
-    """Write `data` as is; return (status, headers with lower-case names, body). Reads until close or length."""
+async def raw_request(port: int, data: bytes, wait: float = 5.0) -> tuple[int, dict[str, str], bytes]:
+    """Write `data` as is; return (status, lower-cased headers, body), reading until close or length."""
     reader, writer = await asyncio.open_connection("127.0.0.1", port)
     try:
         writer.write(data)
         await writer.drain()
-        head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), timeout)
+        head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), wait)
         lines = head.decode("latin-1").split("\r\n")
         status = int(lines[0].split()[1])
         headers = {}
@@ -20,9 +20,9 @@ async def raw_request(port: int, data: bytes, timeout: float = 5.0) -> tuple[int
                 name, value = line.split(":", 1)
                 headers[name.strip().lower()] = value.strip()
         if "content-length" in headers:
-            body = await asyncio.wait_for(reader.readexactly(int(headers["content-length"])), timeout)
+            body = await asyncio.wait_for(reader.readexactly(int(headers["content-length"])), wait)
         else:
-            body = await asyncio.wait_for(reader.read(), timeout)
+            body = await asyncio.wait_for(reader.read(), wait)
         return status, headers, body
     finally:
         writer.close()

@@ -36,10 +36,24 @@ class RedisProcess:
     def start(self) -> None:
         binary = shutil.which("redis-server")
         if binary is None:
-            raise RuntimeError("redis-server not found: `make test` installs it (apt-get install redis-server)")
+            raise RuntimeError(
+                "redis-server not found: `make test` installs it (apt-get install redis-server)"
+            )
         self.proc = subprocess.Popen(
-            [binary, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
-             "--dir", str(self.workdir), *self.extra_args],
+            [
+                binary,
+                "--port",
+                str(self.port),
+                "--bind",
+                "127.0.0.1",
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+                "--dir",
+                str(self.workdir),
+                *self.extra_args,
+            ],
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
         )
@@ -75,8 +89,9 @@ class RedisProcess:
 
 def start_redis(*extra_args: str) -> RedisProcess:
     """Start a private redis-server on a free port."""
-    server = RedisProcess(port=free_port(), workdir=Path(tempfile.mkdtemp(prefix="gw-redis-")),
-                          extra_args=list(extra_args))
+    server = RedisProcess(
+        port=free_port(), workdir=Path(tempfile.mkdtemp(prefix="gw-redis-")), extra_args=list(extra_args)
+    )
     server.start()
     return server
 

@@ -47,7 +47,9 @@ async def upload(request: web.Request) -> web.Response:
     async for chunk in request.content.iter_any():
         digest.update(chunk)
         total += len(chunk)
-    request.app[RECORDER].requests.append(Seen(request.method, request.raw_path, list(request.headers.items()), total))
+    request.app[RECORDER].requests.append(
+        Seen(request.method, request.raw_path, list(request.headers.items()), total)
+    )
     return web.json_response(
         {"length": total, "sha256": digest.hexdigest(), "chunked": request.headers.get("Transfer-Encoding")}
     )
