@@ -6,7 +6,7 @@ import argparse
 import json
 import sys
 
-from gateway.policy.loader import PolicyError, load_policy
+from gateway.policy.loader import LoadedPolicy, PolicyError, load_policy
 from gateway.policy.model import Policy
 
 
@@ -17,12 +17,19 @@ def c_parser_in_use() -> bool:
     return http_parser.HttpRequestParser.__module__ == "aiohttp._http_parser"
 
 
-def cmd_check(args: argparse.Namespace) -> int:
+def load_or_report(path: str) -> LoadedPolicy | None:
+    """The policy at `path`, or None after printing every problem as FILE:LINE key.path: message."""
     try:
-        loaded = load_policy(args.file)
+        return load_policy(path)
     except PolicyError as exc:
         for problem in exc.problems:
             print(problem, file=sys.stderr)
+        return None
+
+
+def cmd_check(args: argparse.Namespace) -> int:
+    loaded = load_or_report(args.file)
+    if loaded is None:
         return 1
     policy = loaded.policy
     print(
@@ -43,11 +50,8 @@ def cmd_alerts(args: argparse.Namespace) -> int:
     from gateway.alert_rules import render_yaml
     from gateway.dashboard import render_json
 
-    try:
-        loaded = load_policy(args.file)
-    except PolicyError as exc:
-        for problem in exc.problems:
-            print(problem, file=sys.stderr)
+    loaded = load_or_report(args.file)
+    if loaded is None:
         return 1
     sys.stdout.write(render_json(loaded.policy) if args.grafana else render_yaml(loaded.policy))
     return 0
@@ -63,11 +67,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
             file=sys.stderr,
         )
         return 2
-    try:
-        loaded = load_policy(args.policy)
-    except PolicyError as exc:
-        for problem in exc.problems:
-            print(problem, file=sys.stderr)
+    loaded = load_or_report(args.policy)
+    if loaded is None:
         return 1
     from gateway.app import GATEWAY, RUNNER_KWARGS, build_app
     from gateway.logs import configure

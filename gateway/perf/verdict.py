@@ -392,37 +392,22 @@ def render_text(verdict: Verdict) -> str:
     lines = [f"{head}  ({', '.join(about)})", ""]
     row = "{:<18} {:>6} {:>7} {:>9} {:>9} {:>9} {:>9} {:>7}  {}"
     lines.append(row.format("endpoint", "n", "rate/s", "p50", "p95", "p99", "max", "errors", "codes"))
-    for e in verdict.endpoints:
-        s = e.stats
-        lines.append(
-            row.format(
-                e.route[:18],
-                s.count,
-                f"{s.rate:.1f}",
-                fmt_ms(s.p(0.5)),
-                fmt_ms(s.p(0.95)),
-                fmt_ms(s.p(0.99)),
-                fmt_ms(s.latencies[-1] if s.latencies else 0),
-                f"{s.error_rate:.2%}",
-                s.codes_text(),
-            )
+    def stats_row(name: str, s: Any) -> str:
+        return row.format(
+            name[:18],
+            s.count,
+            f"{s.rate:.1f}",
+            fmt_ms(s.p(0.5)),
+            fmt_ms(s.p(0.95)),
+            fmt_ms(s.p(0.99)),
+            fmt_ms(s.latencies[-1] if s.latencies else 0),
+            f"{s.error_rate:.2%}",
+            s.codes_text(),
         )
+
+    lines.extend(stats_row(e.route, e.stats) for e in verdict.endpoints)
     lines += ["", row.format("attack", "n", "rate/s", "p50", "p95", "p99", "max", "errors", "codes")]
-    for a in verdict.attacks:
-        s = a.stats
-        lines.append(
-            row.format(
-                a.name[:18],
-                s.count,
-                f"{s.rate:.1f}",
-                fmt_ms(s.p(0.5)),
-                fmt_ms(s.p(0.95)),
-                fmt_ms(s.p(0.99)),
-                fmt_ms(s.latencies[-1] if s.latencies else 0),
-                f"{s.error_rate:.2%}",
-                s.codes_text(),
-            )
-        )
+    lines.extend(stats_row(a.name, a.stats) for a in verdict.attacks)
     lines += ["", "checks:"]
     lines += [f"  [{c.mark:>4}] {c.subject}: {c.detail}" for c in verdict.all_checks()]
     polled = meta.get("breakers") or {}

@@ -3,9 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-import os
 import signal
-import sys
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -14,9 +12,7 @@ import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestServer
 
-from tests.support.redis import free_port
-
-ROOT = str(Path(__file__).resolve().parents[2])
+from tests.support.process import start_gateway
 
 
 @pytest.fixture
@@ -33,10 +29,9 @@ async def slow_upstream() -> AsyncIterator[TestServer]:
     await server.close()
 
 
-async def start_gateway(
+async def gateway_process(
     tmp_path: Path, upstream_port: int, drain: str
 ) -> tuple[asyncio.subprocess.Process, int]:
-    port = free_port()
     policy = tmp_path / "p.yaml"
     policy.write_text(
         f'version: 1\nupstreams: {{app: {{url: "http://127.0.0.1:{upstream_port}"}}}}\n'
@@ -44,36 +39,13 @@ async def start_gateway(
         f'audit: {{dir: "{tmp_path}/audit"}}\n'
         'routes: [{name: d, match: "* /{p:.*}", upstream: app}]\n'
     )
-    proc = await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-m",
-        "gateway",
-        "serve",
-        "--policy",
-        str(policy),
-        "--port",
-        str(port),
-        "--no-watch",
-        stdout=asyncio.subprocess.DEVNULL,
-        stderr=asyncio.subprocess.PIPE,
-        cwd=tmp_path,
-        env={**os.environ, "PYTHONPATH": ROOT},
-    )
-    for _ in range(200):
-        try:
-            _, writer = await asyncio.open_connection("127.0.0.1", port)
-            writer.close()
-            return proc, port
-        except OSError:
-            await asyncio.sleep(0.05)
-    proc.kill()
-    raise RuntimeError("gateway did not start")
+    return await start_gateway(policy)
 
 
 async def test_sigterm_lets_in_flight_requests_finish_then_exits_0(
     tmp_path: Path, slow_upstream: TestServer
 ) -> None:
-    proc, port = await start_gateway(tmp_path, slow_upstream.port, "5s")  # type: ignore[arg-type]
+    proc, port = await gateway_process(tmp_path, slow_upstream.port, "5s")  # type: ignore[arg-type]
     async with aiohttp.ClientSession() as session:
         in_flight = asyncio.ensure_future(session.get(f"http://127.0.0.1:{port}/slow?s=1"))
         await asyncio.sleep(0.3)
@@ -87,7 +59,7 @@ async def test_sigterm_lets_in_flight_requests_finish_then_exits_0(
 
 
 async def test_second_signal_exits_at_once(tmp_path: Path, slow_upstream: TestServer) -> None:
-    proc, port = await start_gateway(tmp_path, slow_upstream.port, "30s")  # type: ignore[arg-type]
+    proc, port = await gateway_process(tmp_path, slow_upstream.port, "30s")  # type: ignore[arg-type]
     async with aiohttp.ClientSession() as session:
         in_flight = asyncio.ensure_future(session.get(f"http://127.0.0.1:{port}/slow?s=20"))
         await asyncio.sleep(0.3)

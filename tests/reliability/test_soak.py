@@ -6,7 +6,6 @@ from __future__ import annotations
 import asyncio
 import collections
 import os
-import sys
 import time
 from pathlib import Path
 
@@ -15,7 +14,8 @@ import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestServer
 
-from tests.support.redis import free_port, start_redis
+from tests.support.process import start_gateway
+from tests.support.redis import start_redis
 
 ADMIN = {"X-User-Id": "soak-admin"}
 POLICY = """
@@ -29,8 +29,6 @@ routes:
   - {{name: limited, match: "GET /limited", upstream: app, rate_limits: [per_user], slo: {{p95: 300ms}}}}
   - {{name: default, match: "* /{{p:.*}}", upstream: app}}
 """
-
-ROOT = str(Path(__file__).resolve().parents[2])
 
 
 def rss_kib(pid: int) -> int:
@@ -56,7 +54,6 @@ async def test_soak(tmp_path: Path) -> None:
     upstream = TestServer(app)
     await upstream.start_server()
     policy = tmp_path / "policy.yaml"
-    port = free_port()
 
     def write_policy(limit_rate: int) -> None:
         text = POLICY.format(redis=redis.url, upstream=upstream.port, rate=limit_rate)
@@ -65,33 +62,12 @@ async def test_soak(tmp_path: Path) -> None:
         os.replace(tmp, policy)  # an atomic swap, as editors and ConfigMaps do
 
     write_policy(5)
-    proc = await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-m",
-        "gateway",
-        "serve",
-        "--policy",
-        str(policy),
-        "--port",
-        str(port),
-        "--log-level",
-        "warning",
-        stdout=asyncio.subprocess.DEVNULL,
-        stderr=asyncio.subprocess.DEVNULL,
-        cwd=tmp_path,
-        env={**os.environ, "PYTHONPATH": ROOT},
-    )
+    proc, port = await start_gateway(policy, "--log-level", "warning")
     base = f"http://127.0.0.1:{port}"
     statuses: collections.Counter[int] = collections.Counter()
     failures: list[str] = []
     try:
         async with aiohttp.ClientSession() as session:
-            for _ in range(200):
-                try:
-                    async with session.get(f"{base}/api/ops/health"):
-                        break
-                except aiohttp.ClientError:
-                    await asyncio.sleep(0.05)
             start = time.monotonic()
             pending: set[asyncio.Task[None]] = set()
 
