@@ -40,7 +40,10 @@ lint: $(STAMP)
 	$(BIN)/ruff check gateway upstream_app tests perf
 	$(BIN)/mypy
 	$(BIN)/hadolint Dockerfile
-	$(BIN)/pip-audit --skip-editable --progress-spinner off
+	@# --strict: a dependency that could not be checked is a failure, not a silent "no known vulnerabilities".
+	@$(BIN)/pip-audit --strict --skip-editable --progress-spinner off || { \
+	  echo "make lint: pip-audit failed: a known vulnerability, or the advisory service (PyPI JSON API / OSV)"; \
+	  echo "           is unreachable from this machine and nothing could be audited; see the lines above"; exit 1; }
 
 schema: $(STAMP)
 	$(BIN)/python -m gateway schema > config/policy.schema.json
