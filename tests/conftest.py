@@ -19,6 +19,7 @@ from tests.support.upstream import recording_app
 
 configure("warning")
 
+
 class GatewayTestServer(TestServer):
     """A TestServer that runs the app exactly as `gateway serve` does: same runner, same settings."""
 
@@ -64,11 +65,13 @@ async def make_gateway(tmp_path: Path) -> AsyncIterator[GatewayFactory]:
     """Build and start the gateway from policy text (str.format fields filled from **fields)."""
     clients: list[TestClient[web.Request, web.Application]] = []
 
-    async def factory(policy_text: str, **fields: Any) -> TestClient[web.Request, web.Application]:
+    async def factory(
+        policy_text: str, *, clock: Callable[[], float] | None = None, **fields: Any
+    ) -> TestClient[web.Request, web.Application]:
         path = tmp_path / f"policy{len(clients)}.yaml"
         path.write_text(policy_text.format(**fields) if fields else policy_text)
         loaded = load_policy(path)
-        app = build_app(loaded)
+        app = build_app(loaded, clock=clock) if clock is not None else build_app(loaded)
         client = TestClient(GatewayTestServer(app, ConnectionLimits.from_policy(loaded.policy.server)))
         await client.start_server()
         clients.append(client)

@@ -16,23 +16,11 @@ from gateway.events import Event
 from gateway.policy.loader import load_policy
 from gateway.server import ConnectionLimits
 from tests.conftest import GatewayTestServer
+from tests.support.clock import ManualClock
 from upstream_app.provider import FAULTS_KEY, build_provider_app
 
 ADMIN = "6f1c2b9e-0a4d-4c1e-9b7a-2d3e4f5a6b7c"
 INTENT = {"amount_cents": 1200, "currency": "EUR"}
-
-
-class Clock:
-    """A monotonic clock the test moves by hand."""
-
-    def __init__(self, start: float = 1000.0) -> None:
-        self.now = start
-
-    def __call__(self) -> float:
-        return self.now
-
-    def advance(self, seconds: float) -> None:
-        self.now += seconds
 
 
 @dataclass
@@ -67,7 +55,7 @@ class Running:
     """A started gateway: its client, the clock it reads, and the domain events it emitted."""
 
     client: TestClient[web.Request, web.Application]
-    clock: Clock
+    clock: ManualClock
     events: list[Event]
 
     def breaker(self, name: str) -> Any:
@@ -85,13 +73,13 @@ async def start_gateway(tmp_path: Path) -> AsyncIterator[GatewayStarter]:
     """Build the gateway from policy text (PLACEHOLDER -> value via **subs) with a clock the test moves."""
     clients: list[TestClient[web.Request, web.Application]] = []
 
-    async def factory(policy_text: str, clock: Clock | None = None, **subs: str) -> Running:
+    async def factory(policy_text: str, clock: ManualClock | None = None, **subs: str) -> Running:
         for key, value in subs.items():
             policy_text = policy_text.replace(key, value)
         path = tmp_path / f"policy{len(clients)}.yaml"
         path.write_text(policy_text)
         loaded = load_policy(path)
-        clock = clock or Clock()
+        clock = clock or ManualClock()
         app = build_app(loaded, watch=False, clock=clock)
         events: list[Event] = []
         app[GATEWAY].events.subscribe(events.append)

@@ -6,10 +6,11 @@ import pytest
 
 from gateway.policy.model import Retries
 from gateway.retry import BUDGET_WINDOW, MAX_REPLAY_BODY, MIN_RETRIES_PER_SECOND, RetryBudget, RetryPolicy
-from tests.breaker.conftest import Clock
+from tests.support.clock import ManualClock
 
-POLICY = RetryPolicy.compile(Retries.model_validate({"attempts": 3, "backoff": "50ms",
-                                                     "on": ["connect_error", 502, "503", "timeout"]}))
+POLICY = RetryPolicy.compile(
+    Retries.model_validate({"attempts": 3, "backoff": "50ms", "on": ["connect_error", 502, "503", "timeout"]})
+)
 
 
 def test_compiled_policy_splits_statuses_and_errors() -> None:
@@ -52,13 +53,13 @@ def spend_all(budget: RetryBudget) -> int:
 
 
 def test_budget_floor_lets_low_traffic_retry_a_little() -> None:
-    budget = RetryBudget(0.2, clock=Clock())
+    budget = RetryBudget(0.2, clock=ManualClock())
     budget.request()
     assert spend_all(budget) == int(MIN_RETRIES_PER_SECOND * BUDGET_WINDOW)
 
 
 def test_budget_is_a_share_of_recent_requests() -> None:
-    budget = RetryBudget(0.2, clock=Clock())
+    budget = RetryBudget(0.2, clock=ManualClock())
     for _ in range(1000):
         budget.request()
     assert spend_all(budget) == 200
@@ -66,7 +67,7 @@ def test_budget_is_a_share_of_recent_requests() -> None:
 
 
 def test_budget_window_slides() -> None:
-    clock = Clock()
+    clock = ManualClock()
     budget = RetryBudget(0.2, clock=clock)
     for _ in range(1000):
         budget.request()

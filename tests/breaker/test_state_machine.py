@@ -9,13 +9,19 @@ import pytest
 from gateway.breaker import Breaker, FailureRule, State, Transition, build_breakers
 from gateway.policy.loader import parse_policy
 from gateway.policy.model import Breaker as Settings
-from tests.breaker.conftest import Clock
+from tests.support.clock import ManualClock
 
 
-def make(clock: Clock, **settings: Any) -> tuple[Breaker, list[Transition]]:
+def make(clock: ManualClock, **settings: Any) -> tuple[Breaker, list[Transition]]:
     seen: list[Transition] = []
-    breaker = Breaker("b", Settings.model_validate(settings), probe_deadline=3.0, clock=clock,
-                      wall=lambda: 1.7e9 + clock(), listeners=[seen.append])
+    breaker = Breaker(
+        "b",
+        Settings.model_validate(settings),
+        probe_deadline=3.0,
+        clock=clock,
+        wall=lambda: 1.7e9 + clock(),
+        listeners=[seen.append],
+    )
     return breaker, seen
 
 
@@ -26,7 +32,7 @@ def call(breaker: Breaker, failed: bool, duration: float = 0.01) -> None:
 
 
 def test_opens_after_consecutive_failures_and_a_success_resets_the_count() -> None:
-    clock = Clock()
+    clock = ManualClock()
     breaker, seen = make(clock, consecutive_failures=3, failure_rate=None)
     for failed in (True, True, False, True, True):
         call(breaker, failed)
@@ -40,7 +46,7 @@ def test_opens_after_consecutive_failures_and_a_success_resets_the_count() -> No
 
 
 def test_failure_rate_needs_min_calls() -> None:
-    clock = Clock()
+    clock = ManualClock()
     breaker, seen = make(clock, consecutive_failures=None, failure_rate="50%", window=20, min_calls=6)
     for failed in (True, False, True, False, True):  # 60% failed, but only 5 calls
         call(breaker, failed)
@@ -51,7 +57,7 @@ def test_failure_rate_needs_min_calls() -> None:
 
 
 def test_count_window_forgets_calls_beyond_its_size() -> None:
-    clock = Clock()
+    clock = ManualClock()
     breaker, _ = make(clock, consecutive_failures=None, failure_rate="50%", window=4, min_calls=4)
     for failed in (True, False, False, False, True, False, False):  # the last 4: 1 failure
         call(breaker, failed)
@@ -60,7 +66,7 @@ def test_count_window_forgets_calls_beyond_its_size() -> None:
 
 
 def test_time_window_drops_old_calls() -> None:
-    clock = Clock()
+    clock = ManualClock()
     breaker, _ = make(clock, consecutive_failures=None, failure_rate="50%", window="10s", min_calls=4)
     for _ in range(3):
         call(breaker, True)
@@ -72,9 +78,16 @@ def test_time_window_drops_old_calls() -> None:
 
 
 def test_slow_call_rate_opens() -> None:
-    clock = Clock()
-    breaker, seen = make(clock, consecutive_failures=None, failure_rate=None, slow_call="1s",
-                         slow_call_rate="80%", window=5, min_calls=5)
+    clock = ManualClock()
+    breaker, seen = make(
+        clock,
+        consecutive_failures=None,
+        failure_rate=None,
+        slow_call="1s",
+        slow_call_rate="80%",
+        window=5,
+        min_calls=5,
+    )
     for duration in (1.5, 1.2, 0.1, 2.0):
         call(breaker, False, duration)
     assert breaker.state is State.CLOSED
@@ -84,7 +97,7 @@ def test_slow_call_rate_opens() -> None:
 
 
 def test_open_counts_down_then_half_open_admits_exactly_the_probes() -> None:
-    clock = Clock()
+    clock = ManualClock()
     breaker, seen = make(clock, consecutive_failures=1, reset_timeout="60s", half_open_requests=2)
     call(breaker, True)
     clock.advance(10.2)
@@ -108,7 +121,7 @@ def test_open_counts_down_then_half_open_admits_exactly_the_probes() -> None:
 
 
 def test_a_failed_probe_reopens_and_restarts_the_timer() -> None:
-    clock = Clock()
+    clock = ManualClock()
     breaker, seen = make(clock, consecutive_failures=1, reset_timeout="60s")
     call(breaker, True)
     clock.advance(60)
@@ -119,7 +132,7 @@ def test_a_failed_probe_reopens_and_restarts_the_timer() -> None:
 
 
 def test_a_released_probe_frees_its_slot_without_a_verdict() -> None:
-    clock = Clock()
+    clock = ManualClock()
     breaker, _ = make(clock, consecutive_failures=1, reset_timeout="1s")
     call(breaker, True)
     clock.advance(1)
@@ -131,7 +144,7 @@ def test_a_released_probe_frees_its_slot_without_a_verdict() -> None:
 
 
 def test_a_stuck_probe_is_a_failure_after_its_deadline() -> None:
-    clock = Clock()
+    clock = ManualClock()
     breaker, seen = make(clock, consecutive_failures=1, reset_timeout="1s")
     call(breaker, True)
     clock.advance(1)
@@ -147,7 +160,7 @@ def test_a_stuck_probe_is_a_failure_after_its_deadline() -> None:
 
 
 def test_a_late_report_from_before_a_transition_is_ignored() -> None:
-    clock = Clock()
+    clock = ManualClock()
     breaker, _ = make(clock, consecutive_failures=2)
     slow = breaker.acquire()
     assert slow is not None
@@ -160,7 +173,7 @@ def test_a_late_report_from_before_a_transition_is_ignored() -> None:
 
 
 def test_manual_open_holds_until_closed_and_reset_clears_the_window() -> None:
-    clock = Clock()
+    clock = ManualClock()
     breaker, seen = make(clock, consecutive_failures=3, reset_timeout="1s")
     breaker.force_open()
     clock.advance(3600)
@@ -178,7 +191,7 @@ def test_manual_open_holds_until_closed_and_reset_clears_the_window() -> None:
 
 
 def test_snapshot_counts_transitions() -> None:
-    clock = Clock()
+    clock = ManualClock()
     breaker, _ = make(clock, consecutive_failures=1, reset_timeout="1s")
     call(breaker, True)
     clock.advance(1)
@@ -208,14 +221,15 @@ def test_snapshot_counts_transitions() -> None:
         ([500, 502, 504, "timeout"], 502, None, True),
     ],
 )
-def test_failure_on_decides_what_counts(failure_on: list[Any], status: int | None, error: str | None,
-                                         failed: bool) -> None:
+def test_failure_on_decides_what_counts(
+    failure_on: list[Any], status: int | None, error: str | None, failed: bool
+) -> None:
     rule = FailureRule.compile(Settings.model_validate({"failure_on": failure_on}).failure_on)
     assert rule.is_failure(status, error) is failed
 
 
 def test_an_error_that_says_nothing_about_the_upstream_only_releases() -> None:
-    clock = Clock()
+    clock = ManualClock()
     breaker, _ = make(clock, consecutive_failures=1)
     permit = breaker.acquire()
     assert permit is not None
@@ -238,7 +252,7 @@ routes:
 
 
 def test_reload_carries_over_an_unchanged_breaker_with_its_state() -> None:
-    clock = Clock()
+    clock = ManualClock()
     first = build_breakers(parse_policy(POLICY.replace("RESET", "2")), {}, lambda t: None, clock)
     assert first["shared"].probe_deadline == 2.0 and first["own"].probe_deadline == 4.0
     first["shared"].force_open()

@@ -19,15 +19,8 @@ from gateway.events import Event
 from gateway.policy.model import Audit
 from tests.conftest import GatewayFactory
 from tests.ops.conftest import ADMIN, audit_of, policy
+from tests.support.clock import ManualClock
 from tests.support.redis import RedisProcess
-
-
-class Clock:
-    def __init__(self, now: float) -> None:
-        self.now = now
-
-    def __call__(self) -> float:
-        return self.now
 
 
 def event(i: int, at: float, type: str = "rate_limit_hit") -> Event:
@@ -104,7 +97,7 @@ async def test_scan_filters_by_time_range_exactly(store: FileStore | RedisStore)
 
 
 async def test_file_segments_older_than_max_age_are_deleted(tmp_path: Path) -> None:
-    clock = Clock(time.time())
+    clock = ManualClock(time.time())
     store = FileStore(tmp_path, Audit(max_file_size=4096, max_age="1d"), clock)
     lines = [b'{"time":"%s","type":"t","pad":"%s"}' % (iso(clock.now).encode(), b"x" * 100)] * 40
     await store.append(lines)
@@ -131,7 +124,7 @@ async def test_a_torn_last_line_from_a_crash_is_skipped_and_writing_resumes(tmp_
 
 
 async def test_redis_stream_is_trimmed_by_age(redis_url: str) -> None:
-    clock = Clock(time.time())
+    clock = ManualClock(time.time())
     key = f"test-{uuid.uuid4().hex}:audit"
     store = RedisStore(redis_url, key, Audit(max_age="1h", max_events=100_000), timeout=1.0, clock=clock)
     line = b'{"time":"%s","type":"t"}' % iso(clock.now).encode()

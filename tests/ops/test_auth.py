@@ -16,22 +16,15 @@ from gateway.ops.http import ADMIN_AUTH, PRINCIPAL, admin_only, install, json_re
 from gateway.policy.model import Admin, Identity
 from tests.conftest import GatewayFactory
 from tests.ops.conftest import ADMIN, ADMIN_ID, BEARER, REMOTE_ADDRESS, TOKEN, TOKENS_ENV, audit_of, policy
+from tests.support.clock import ManualClock
 
 
-class Clock:
-    def __init__(self) -> None:
-        self.now = 1000.0
-
-    def __call__(self) -> float:
-        return self.now
-
-
-def auth(clock: Clock | None = None, proxies: tuple[str, ...] = ()) -> AdminAuth:
+def auth(clock: ManualClock | None = None, proxies: tuple[str, ...] = ()) -> AdminAuth:
     admin = Admin.model_validate(
         {"user_ids": [ADMIN_ID], "trusted_networks": ["127.0.0.1/32"], "tokens_env": TOKENS_ENV}
     )
     identity = Identity.model_validate({"trusted_proxies": list(proxies)})
-    return AdminAuth(admin, identity, clock=clock or Clock())
+    return AdminAuth(admin, identity, clock=clock or ManualClock())
 
 
 # -- the decision itself (pure logic) --
@@ -83,7 +76,7 @@ def test_behind_a_trusted_proxy_the_forwarded_client_decides() -> None:
 
 
 def test_failed_attempts_are_limited_per_client_then_forgiven() -> None:
-    clock = Clock()
+    clock = ManualClock()
     a = auth(clock)
     for _ in range(MAX_FAILURES):
         assert a.check(REMOTE_ADDRESS, "Bearer guess-guess-guess-guess", None).status == 403

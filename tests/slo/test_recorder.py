@@ -12,6 +12,7 @@ from gateway.outcome import Outcome
 from gateway.policy.model import Policy
 from gateway.slo import SloRecorder, latency_buckets
 from gateway.slo.sketch import ALPHA, key_of, merge, quantiles
+from tests.support.clock import ManualClock
 
 POLICY = """
 version: 1
@@ -32,18 +33,14 @@ def make_policy(count_429: bool = False, orders_p95: str = "500ms") -> Policy:
     return Policy.model_validate(yaml.safe_load(text))
 
 
-class Clock:
-    """A clock the test moves by hand."""
-
-    def __init__(self, now: float = 1000.0) -> None:
-        self.now = now
-
-    def __call__(self) -> float:
-        return self.now
-
-
-def record(rec: SloRecorder, route: str, method: str, seconds: float, status: int = 200,
-           upstream: float | None = None) -> None:
+def record(
+    rec: SloRecorder,
+    route: str,
+    method: str,
+    seconds: float,
+    status: int = 200,
+    upstream: float | None = None,
+) -> None:
     outcome = Outcome(route=route, method=method, status=status, duration=seconds, upstream_duration=upstream)
     rec.observe(outcome)
 
@@ -76,7 +73,7 @@ def test_sketch_merge_adds_counts_and_empty_is_none() -> None:
 
 
 def test_windowed_percentiles_forget_samples_older_than_the_window() -> None:
-    clock = Clock()
+    clock = ManualClock()
     rec = SloRecorder(make_policy(), clock=clock)
     for _ in range(100):
         record(rec, "daily", "GET", 0.8)  # a slow minute
@@ -99,7 +96,7 @@ def test_windowed_percentiles_forget_samples_older_than_the_window() -> None:
 
 
 def test_upstream_latency_is_measured_separately() -> None:
-    clock = Clock()
+    clock = ManualClock()
     rec = SloRecorder(make_policy(), clock=clock)
     for _ in range(50):
         record(rec, "daily", "GET", 0.050, upstream=0.030)
@@ -112,7 +109,7 @@ def test_upstream_latency_is_measured_separately() -> None:
 
 
 def test_share_within_target_is_exact_and_decides_compliance() -> None:
-    clock = Clock()
+    clock = ManualClock()
     rec = SloRecorder(make_policy(), clock=clock)
     for _ in range(95):
         record(rec, "daily", "GET", 0.3)  # exactly on the target counts as within it
@@ -129,7 +126,7 @@ def test_share_within_target_is_exact_and_decides_compliance() -> None:
 
 
 def test_error_rate_burn_rates_and_budget_over_the_sre_windows() -> None:
-    clock = Clock(0.0)
+    clock = ManualClock(0.0)
     rec = SloRecorder(make_policy(), clock=clock)
     # Two hours ago (inside 6h only): 1000 requests, 50 errors = 5% = 5x the 1% budget.
     for i in range(1000):
@@ -150,7 +147,7 @@ def test_error_rate_burn_rates_and_budget_over_the_sre_windows() -> None:
 
 def test_429_counted_apart_unless_configured() -> None:
     for count_429, expected in ((False, 0.0), (True, 0.25)):
-        rec = SloRecorder(make_policy(count_429=count_429), clock=Clock())
+        rec = SloRecorder(make_policy(count_429=count_429), clock=ManualClock())
         for status in (200, 200, 200, 429):
             record(rec, "orders", "POST", 0.01, status=status)
         status = rec.route_status("orders")
@@ -161,7 +158,7 @@ def test_429_counted_apart_unless_configured() -> None:
 
 
 def test_labels_stay_bounded_whatever_the_method_or_route() -> None:
-    rec = SloRecorder(make_policy(), clock=Clock())
+    rec = SloRecorder(make_policy(), clock=ManualClock())
     for i in range(500):
         record(rec, "default", f"X-METHOD-{i}", 0.01)  # any token is a valid HTTP method
         record(rec, "unmatched", f"BREW{i}", 0.01, status=404)
@@ -174,7 +171,7 @@ def test_labels_stay_bounded_whatever_the_method_or_route() -> None:
 
 
 def test_flat_keys_name_method_and_template_or_the_route() -> None:
-    rec = SloRecorder(make_policy(), clock=Clock())
+    rec = SloRecorder(make_policy(), clock=ManualClock())
     for _ in range(10):
         record(rec, "daily", "GET", 0.100)
         record(rec, "daily", "HEAD", 0.900)  # a GET route answers HEAD too, under its own label
@@ -194,7 +191,7 @@ def test_histogram_buckets_include_every_slo_threshold() -> None:
     policy = make_policy(orders_p95="420ms")
     bounds = latency_buckets(policy)
     assert {0.3, 0.42, 1.0} <= set(bounds) and list(bounds) == sorted(set(bounds))
-    rec = SloRecorder(policy, clock=Clock())
+    rec = SloRecorder(policy, clock=ManualClock())
     record(rec, "orders", "POST", 0.42)
     record(rec, "orders", "POST", 0.4200001)
     series = rec.routes["orders"].series["POST"]
@@ -202,7 +199,7 @@ def test_histogram_buckets_include_every_slo_threshold() -> None:
 
 
 def test_reload_keeps_windows_of_unchanged_routes_and_counters_of_all() -> None:
-    clock = Clock()
+    clock = ManualClock()
     first = SloRecorder(make_policy(), clock=clock)
     for _ in range(10):
         record(first, "daily", "GET", 0.2)
@@ -221,7 +218,7 @@ def test_reload_keeps_windows_of_unchanged_routes_and_counters_of_all() -> None:
 
 
 def test_a_clock_that_goes_back_keeps_counting_in_the_newest_slot() -> None:
-    clock = Clock(500.0)
+    clock = ManualClock(500.0)
     rec = SloRecorder(make_policy(), clock=clock)
     record(rec, "daily", "GET", 0.01)
     clock.now -= 60
