@@ -1,5 +1,9 @@
 """Redis buckets: one EVALSHA per check (one per hash tag on a Cluster), a deadline, a breaker around Redis.
 
+On one plain `redis://` node the checks go through the small pipelined client of resp.py (the request
+path's Python cost was redis-py's); TLS (`rediss://`), unix sockets, URL options and Cluster use redis-py,
+and so do override reads and writes, which are off the request path.
+
 Backends only do I/O: the math is in token_bucket.lua (mirroring bucket.py). While Redis is failing,
 requests do not wait on it: after a failure every check skips Redis for `retry_interval`, then one check
 probes it; the first success brings Redis back. Each transition is logged once and emitted as
@@ -23,6 +27,7 @@ from redis.exceptions import NoScriptError, RedisClusterException, RedisError
 
 from gateway.events import Events
 from gateway.logs import get_logger
+from gateway.ratelimit.resp import Endpoint, ScriptPipe
 
 log = get_logger("gateway.ratelimit")
 SCRIPT = resources.files("gateway.ratelimit").joinpath("token_bucket.lua").read_text(encoding="utf-8")
@@ -132,20 +137,45 @@ class RedisBuckets:
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.client = make_client(url, cluster=cluster, timeout=timeout)
+        endpoint = None if cluster else Endpoint.from_url(url)
+        # The request path's client; None: checks go through redis-py (Cluster, TLS, unix socket, options).
+        self.pipe: ScriptPipe | None = None
+        if endpoint is not None:
+            self.pipe = ScriptPipe(
+                endpoint, SCRIPT, timeout=timeout, connect_timeout=max(ADMIN_TIMEOUT, timeout)
+            )
         self.cluster = cluster
         self.timeout = timeout
         self.health = RedisHealth(retry_interval, events, clock)
         self.overrides_key = f"{prefix}:rl:overrides"
-        self.round_trips = 0  # pipelines sent: with `checks`, how well batching works
+        self._round_trips = 0  # redis-py pipelines sent
         self.sha = hashlib.sha1(SCRIPT.encode()).hexdigest()
         self._pending: list[tuple[Command, asyncio.Future[Any]]] = []
         self._sending: set[asyncio.Task[None]] = set()
+
+    @property
+    def round_trips(self) -> int:
+        """Buffers (pipelines) written to Redis: with the number of checks, how well batching works."""
+        return self._round_trips + (self.pipe.round_trips if self.pipe is not None else 0)
 
     async def check(self, keys: Sequence[str], args: Sequence[str | int], tags: Sequence[str]) -> list[int]:
         """Run the bucket script over `keys` (ARGV: three per key) within the deadline."""
         health = self.health
         if not health.admit():
             raise RedisUnavailable("redis is down; skipped until the next probe")
+        pipe = self.pipe
+        if pipe is not None:
+            # The pipe keeps the deadline itself: one timer per batch rather than one per check.
+            try:
+                flat: list[int] = await pipe.submit(keys, args)  # hiredis gives the integers as int
+            except STORE_ERRORS as exc:
+                health.failure(exc)
+                raise RedisUnavailable(str(exc) or exc.__class__.__name__) from None
+            except BaseException:
+                health.abandon()
+                raise
+            health.success()
+            return flat
         try:
             async with asyncio.timeout(self.timeout):
                 if self.cluster and len(set(tags)) > 1:
@@ -198,12 +228,12 @@ class RedisBuckets:
         try:
             # Callers give up at their own deadline; this one frees the connection of a Redis that hangs.
             async with asyncio.timeout(self.timeout):
-                self.round_trips += 1
+                self._round_trips += 1
                 replies = await self._pipeline([command for command, _ in batch])
                 if any(isinstance(r, NoScriptError) for r in replies):
                     # Redis restarted, failed over or had SCRIPT FLUSH: load the script again, send again.
                     await self.client.script_load(SCRIPT)
-                    self.round_trips += 1
+                    self._round_trips += 1
                     replies = await self._pipeline([command for command, _ in batch])
         except BaseException as exc:
             for _, future in batch:
@@ -232,6 +262,8 @@ class RedisBuckets:
         try:
             async with asyncio.timeout(ADMIN_TIMEOUT):
                 await self.client.script_load(SCRIPT)
+                if self.pipe is not None:
+                    await self.pipe.connect()
         except STORE_ERRORS as exc:
             log.warning("redis_warmup_failed", error=str(exc) or exc.__class__.__name__)
 
@@ -260,5 +292,7 @@ class RedisBuckets:
             await pipe.execute()
 
     async def close(self) -> None:
-        """Close the connection pool."""
+        """Close the connection pool and the request path's connection."""
+        if self.pipe is not None:
+            self.pipe.close()
         await self.client.aclose()
