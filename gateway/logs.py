@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import asyncio
+import atexit
 import logging
 import sys
 import time
-from typing import Any
+from typing import Any, BinaryIO
 
 import orjson
 import structlog
@@ -28,19 +30,89 @@ class _Timestamp:
         return event
 
 
+class BatchingBytesLogger:
+    """A structlog logger for the access log: lines are gathered and written in batches, not flushed one by
+    one (a write system call per request is a measurable share of a proxy's CPU). A batch is written when it
+    reaches 64 KiB or 200 ms after its first line, and at shutdown."""
+
+    MAX_BYTES = 64 * 1024
+    MAX_DELAY = 0.2
+
+    def __init__(self, stream: BinaryIO) -> None:
+        self._stream = stream
+        self._buffer = bytearray()
+        self._timer: asyncio.TimerHandle | None = None
+        atexit.register(self.flush)
+
+    def msg(self, message: bytes) -> None:
+        self._buffer += message + b"\n"
+        if len(self._buffer) >= self.MAX_BYTES:
+            self.flush()
+        elif self._timer is None:
+            try:
+                self._timer = asyncio.get_running_loop().call_later(self.MAX_DELAY, self.flush)
+            except RuntimeError:  # no loop running: nothing would flush later, so write now
+                self.flush()
+
+    info = msg
+
+    def flush(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        if self._buffer:
+            data, self._buffer = bytes(self._buffer), bytearray()
+            try:
+                self._stream.write(data)
+                self._stream.flush()
+            except (OSError, ValueError):
+                pass  # stdout closed or full: an access log line must never fail a request
+
+
+_access: structlog.typing.FilteringBoundLogger | None = None
+_access_sink: BatchingBytesLogger | None = None
+
+
 def configure(level: str = "info") -> None:
     """Configure structlog for the process (idempotent)."""
+    global _access, _access_sink
+    threshold = logging.getLevelNamesMapping()[level.upper()]
+    renderer = structlog.processors.JSONRenderer(serializer=orjson.dumps)
     structlog.configure(
         processors=[
             structlog.processors.add_log_level,
             _Timestamp(),
             structlog.processors.format_exc_info,
-            structlog.processors.JSONRenderer(serializer=orjson.dumps),
+            renderer,
         ],
-        wrapper_class=structlog.make_filtering_bound_logger(logging.getLevelNamesMapping()[level.upper()]),
+        wrapper_class=structlog.make_filtering_bound_logger(threshold),
         logger_factory=structlog.BytesLoggerFactory(sys.stdout.buffer),
         cache_logger_on_first_use=True,
     )
+    if _access_sink is not None:
+        _access_sink.flush()
+    _access_sink = BatchingBytesLogger(sys.stdout.buffer)
+    # The access log: the shortest processor chain, batched writes; one line per request.
+    _access = structlog.wrap_logger(
+        _access_sink,
+        processors=[_Timestamp(), renderer],
+        wrapper_class=structlog.make_filtering_bound_logger(threshold),
+        cache_logger_on_first_use=True,
+        level="info",
+    )
+
+
+def access_log() -> structlog.typing.FilteringBoundLogger | None:
+    """The per-request logger, or None before `configure` or when info lines are filtered out."""
+    if _access is None or not _access.is_enabled_for(logging.INFO):
+        return None
+    return _access
+
+
+def flush_access_log() -> None:
+    """Write out buffered access-log lines (at shutdown)."""
+    if _access_sink is not None:
+        _access_sink.flush()
 
 
 def get_logger(name: str) -> structlog.typing.FilteringBoundLogger:

@@ -7,7 +7,6 @@ not, produces exactly one `Outcome` for the observers (SLO recorder, access log)
 from __future__ import annotations
 
 import asyncio
-import logging
 import os
 import re
 import time
@@ -19,7 +18,7 @@ from aiohttp import web
 
 from gateway.breaker import Breaker, Permit
 from gateway.identity import Identity, user_id
-from gateway.logs import get_logger
+from gateway.logs import access_log, get_logger
 from gateway.outcome import Outcome
 from gateway.proxy import BodyStream, BodyTooLarge, UpstreamError, forward_headers, open_upstream, relay
 from gateway.routing import normalize_path
@@ -119,8 +118,9 @@ class Pipeline:
         finally:
             outcome.duration = clock() - started
             self._emit(outcome, identity)
-            if log.is_enabled_for(logging.INFO):  # skip building the line when access logs are off
-                log.info(
+            access = access_log()
+            if access is not None:  # skip building the line when access logs are off
+                access.info(
                     "request",
                     request_id=request_id,
                     route=outcome.route,

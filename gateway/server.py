@@ -21,7 +21,7 @@ from aiohttp.http_exceptions import BadHttpMessage, LineTooLong
 from aiohttp.web_protocol import RequestHandler
 from aiohttp.web_request import BaseRequest
 
-from gateway.logs import get_logger
+from gateway.logs import flush_access_log, get_logger
 from gateway.policy.model import Server as ServerSettings
 
 log = get_logger("gateway.server")
@@ -183,6 +183,7 @@ async def serve(
         # Stop accepting, wait for in-flight handlers up to shutdown_timeout, then run the cleanup hooks
         # (audit flush, pool close). The signal handlers stay: a second signal exits at once.
         await runner.cleanup()
+        flush_access_log()
         for signum in (signal.SIGTERM, signal.SIGINT):
             loop.remove_signal_handler(signum)
         log.info("stopped")
