@@ -25,16 +25,22 @@ class Identity:
 class ClientResolver:
     """Resolves the client IP for one policy's `trusted_proxies`; built once per policy."""
 
-    def __init__(self, trusted: Sequence[Network]) -> None:
+    def __init__(self, trusted: Sequence[Network], user_networks: Sequence[Network] = ()) -> None:
         self._trusted = tuple(trusted)
         self._is_trusted = lru_cache(maxsize=4096)(self._check)
+        self._user_networks = tuple(user_networks)
+        self.user_trusted = lru_cache(maxsize=4096)(self._check_user)
 
     def _check(self, address: str) -> bool:
-        try:
-            ip = ipaddress.ip_address(address.strip().strip("[]"))
-        except ValueError:
-            return False
-        return any(ip in net for net in self._trusted)
+        return _in(address, self._trusted)
+
+    def _check_user(self, peer: str | None) -> bool:
+        """Whether `peer` may assert the user header (it is in identity.user_networks)."""
+        return peer is not None and _in(peer, self._user_networks)
+
+    def proxy_trusted(self, peer: str | None) -> bool:
+        """Whether `peer` is one of identity.trusted_proxies (its X-Forwarded-* are believed)."""
+        return bool(self._trusted) and peer is not None and self._is_trusted(peer)
 
     def client_ip(self, peer: str | None, forwarded_for: str | None) -> str:
         """The peer address; when the peer is a trusted proxy, the rightmost untrusted X-Forwarded-For hop."""
@@ -51,6 +57,14 @@ class ClientResolver:
                 except ValueError:
                     return peer  # garbage in the header: fall back to what we know
         return hops[0] if hops and hops[0] else peer
+
+
+def _in(address: str, networks: tuple[Network, ...]) -> bool:
+    try:
+        ip = ipaddress.ip_address(address.strip().strip("[]"))
+    except ValueError:
+        return False
+    return any(ip in net for net in networks)
 
 
 def user_id(value: str | None) -> str | None:

@@ -20,7 +20,15 @@ from gateway.breaker import Breaker, Permit
 from gateway.identity import Identity, user_id
 from gateway.logs import access_log, get_logger
 from gateway.outcome import Outcome
-from gateway.proxy import BodyStream, BodyTooLarge, UpstreamError, forward_headers, open_upstream, relay
+from gateway.proxy import (
+    BodyStream,
+    BodyTooLarge,
+    UpstreamError,
+    classify,
+    forward_headers,
+    open_upstream,
+    relay,
+)
 from gateway.routing import normalize_path
 from gateway.runtime import CompiledRoute, Runtime
 
@@ -99,8 +107,11 @@ class Pipeline:
         request_id = request_id_of(request)
         peer = request.remote
         headers = request.headers
-        ip = runtime.resolver.client_ip(peer, headers.get("X-Forwarded-For"))
-        identity = Identity(ip=ip, user=user_id(headers.get(runtime.user_header)))
+        resolver = runtime.resolver
+        ip = resolver.client_ip(peer, headers.get("X-Forwarded-For"))
+        # The user header is a claim: believed only from identity.user_networks, else the IP stands in.
+        user = user_id(headers.get(runtime.user_header)) if resolver.user_trusted(peer) else None
+        identity = Identity(ip=ip, user=user)
         outcome = Outcome(route="unmatched", method=request.method, status=0, duration=0.0)
         try:
             response = await self._serve(request, runtime, identity, request_id, outcome, clock)
@@ -156,6 +167,11 @@ class Pipeline:
             return json_error(
                 400, "bad_path", request_id, detail="the request path is not a valid absolute path"
             )
+        if path == "/api/ops" or path.startswith("/api/ops/"):
+            # Only a spelling the ops router did not take (`//api/ops/reload`, `/api/./ops/...`) gets here:
+            # the ops namespace is the gateway's own and is never proxied.
+            outcome.error = "no_route"
+            return json_error(404, "not_found", request_id, detail=f"no ops endpoint {request.method} {path}")
         route = runtime.router.match(request.method, path)
         if route is None:
             outcome.error = "no_route"
@@ -243,11 +259,13 @@ class Pipeline:
         client = route.client
         url = client.base + upstream_path(path, route) + query
         peer = request.remote or "unknown"
-        trusted_peer = identity.ip != peer
+        trusted_peer = runtime.resolver.proxy_trusted(peer)
         prior_xff = request.headers.get("X-Forwarded-For")
         send_headers = forward_headers(
             request,
             protected=runtime.protected_headers,
+            trusted_peer=trusted_peer,
+            drop_user_header=None if identity.user is not None else runtime.user_header.lower(),
             host=request.host if route.preserve_host else client.host,
             forwarded_for=f"{prior_xff}, {peer}" if trusted_peer and prior_xff else peer,
             forwarded_proto=(
@@ -325,13 +343,13 @@ class Pipeline:
                 await asyncio.sleep(retry.delay(attempt - 1))
                 continue
             break
-        if permit is not None:
-            permit.record_outcome(upstream.status, None, clock() - attempt_at)
         outcome.upstream_status = upstream.status
         outcome.bytes_in = body.sent if isinstance(body, BodyStream) else len(body or b"")
         try:
             response, written = await relay(request, upstream, extra_headers)
             outcome.bytes_out = written
+            if permit is not None:  # the verdict once the body is through: a mid-body failure is a failure
+                permit.record_outcome(upstream.status, None, clock() - attempt_at)
             return response
         except Exception as exc:
             # The head is gone: all that is left is to cut the connection so the client sees a truncated body.
@@ -340,6 +358,8 @@ class Pipeline:
             outcome.status, outcome.error = (
                 (499, "client_closed") if client_gone else (502, "upstream_midbody")
             )
+            if permit is not None and not client_gone:  # a client that left says nothing of the upstream
+                permit.record_outcome(None, classify(exc).kind, clock() - attempt_at)
             log.warning(
                 "relay_aborted", request_id=request_id, route=route.name, error=exc.__class__.__name__
             )

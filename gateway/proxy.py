@@ -101,25 +101,38 @@ def connection_tokens(headers: CIMultiDictProxy[str] | CIMultiDict[str]) -> set[
     return tokens
 
 
+_SET_BY_GATEWAY = frozenset({"x-forwarded-for", "x-forwarded-proto", "x-forwarded-host", "x-request-id"})
+_CLIENT_ADDRESS_CLAIMS = frozenset({"forwarded", "x-real-ip"})
+
+
 def forward_headers(
     request: web.BaseRequest,
     *,
     protected: frozenset[str],
+    trusted_peer: bool,
+    drop_user_header: str | None,
     host: str,
     forwarded_for: str,
     forwarded_proto: str,
     forwarded_host: str,
     request_id: str,
 ) -> CIMultiDict[str]:
-    """Headers for the upstream request. Headers in `protected` (identity, X-Forwarded-*, X-Request-Id)
-    cannot be stripped by naming them in Connection: that trick would let a client erase its identity."""
+    """Headers for the upstream request.
+
+    Headers in `protected` (identity, X-Forwarded-*, X-Request-Id) cannot be stripped by naming them in
+    Connection: that trick would let a client erase its identity. From a peer that is not a trusted proxy,
+    every client claim about addresses (X-Forwarded-*, Forwarded, X-Real-IP) is dropped; `drop_user_header`
+    (lower case) names a user header the gateway did not believe, removed so the upstream cannot believe it.
+    """
     nominated = connection_tokens(request.headers) - protected if "Connection" in request.headers else ()
     out: CIMultiDict[str] = CIMultiDict()
     for name, value in request.headers.items():
         lower = name.lower()
-        if lower in _NOT_FORWARDED or lower in nominated or lower.startswith("x-forwarded-"):
+        if lower in _NOT_FORWARDED or lower in nominated or lower in _SET_BY_GATEWAY:
             continue
-        if lower == "x-request-id":
+        if lower == drop_user_header:
+            continue
+        if not trusted_peer and (lower.startswith("x-forwarded-") or lower in _CLIENT_ADDRESS_CLAIMS):
             continue
         out.add(name, value)
     out["Host"] = host

@@ -140,7 +140,7 @@ def build_runtime(
         router=router,
         clients=clients,
         upstream_specs=dict(policy.upstreams),
-        resolver=ClientResolver(policy.identity.trusted_proxies),
+        resolver=ClientResolver(policy.identity.trusted_proxies, policy.identity.user_networks),
         user_header=user_header,
         protected_headers=protected,
         routes=compiled,

@@ -62,7 +62,12 @@ class Storage(Strict):
 
 
 class Identity(Strict):
+    """Who the caller is. The user header is a claim, believed only from `user_networks` (the peers that set
+    it after authenticating: a local auth proxy, an ingress); from anyone else it is ignored for limits and
+    removed before the upstream sees it, and user-keyed limits fall back to the client IP."""
+
     user_header: Annotated[str, Field(pattern=_HEADER_NAME.pattern)] = "X-User-Id"
+    user_networks: tuple[Network, ...] = LOOPBACK
     trusted_proxies: tuple[Network, ...] = ()
 
 

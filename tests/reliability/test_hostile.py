@@ -132,3 +132,17 @@ async def test_connections_over_the_cap_get_503_and_close(gw: TestClient) -> Non
     await asyncio.sleep(0.05)
     status, _, _ = await raw_request(gw.port, b"GET /echo HTTP/1.1\r\nHost: x\r\n\r\n")
     assert status == 200
+
+
+async def test_other_spellings_of_the_ops_namespace_are_never_proxied(
+    gw: TestClient,
+    upstream: TestServer,  # type: ignore[type-arg]
+) -> None:
+    recorder = upstream.app[RECORDER]
+    for target in (b"//api/ops/reload", b"/api/./ops/reload", b"/api/ops", b"/x/../api/ops/policy"):
+        status, headers, body = await raw_request(
+            gw.port, b"POST " + target + b" HTTP/1.1\r\nHost: x\r\n\r\n"
+        )
+        assert status in (401, 404), target
+        assert headers["content-type"].startswith("application/json")
+    assert recorder.requests == []

@@ -54,8 +54,9 @@ def replace(doc: Any, path: tuple[Any, ...], value: Any) -> Any:
     return doc
 
 
-def must_not_crash(text: str, budget: float = 2.0) -> None:
-    """An error, never a crash; `budget` catches blow-ups (exponential expansion, a hang), not speed."""
+def must_not_crash(text: str, budget: float = 2.0, refused: str | None = None) -> None:
+    """An error, never a crash; `budget` catches blow-ups (exponential expansion, a hang), not speed.
+    With `refused`, the text must be rejected with a problem containing it."""
     started = time.monotonic()
     try:
         parse_policy(text, "fuzz.yaml")
@@ -63,6 +64,10 @@ def must_not_crash(text: str, budget: float = 2.0) -> None:
         assert exc.problems, "a PolicyError must list at least one problem"
         for problem in exc.problems:
             assert str(problem).startswith("fuzz.yaml:")
+        if refused is not None:
+            assert any(refused in str(problem) for problem in exc.problems), exc.problems
+    else:
+        assert refused is None, f"accepted a policy that must be refused ({refused})"
     assert time.monotonic() - started < budget
 
 
@@ -83,11 +88,13 @@ def test_billion_laughs_is_refused_quickly() -> None:
     for i in range(1, 9):
         prev, cur = chr(ord("a") + i - 1), chr(ord("a") + i)
         lines.append(f"{cur}: &{cur} [" + ",".join([f"*{prev}"] * 9) + "]")
-    must_not_crash("\n".join(lines))
+    must_not_crash("\n".join(lines), refused="anchors and aliases are not allowed")
 
 
 def test_deep_nesting_and_huge_documents_are_refused_quickly() -> None:
-    must_not_crash("x: " + "[" * 5000 + "]" * 5000)
-    must_not_crash("x: " + "{a: " * 2000 + "1" + "}" * 2000)
+    must_not_crash("x: " + "[" * 5000 + "]" * 5000, refused="nest")
+    must_not_crash("x: " + "{a: " * 2000 + "1" + "}" * 2000, refused="nested deeper than 24 levels")
+    must_not_crash("a: !!python/object:os.system x\n", refused="YAML tags")
     # 1.8 MB of routes: about 1.5 s on an idle 2-core machine; the bound only catches a blow-up.
-    must_not_crash("routes:\n" + "  - {name: r, match: 'GET /x', upstream: app}\n" * 40000, budget=15.0)
+    routes = "routes:\n" + "  - {name: r, match: 'GET /x', upstream: app}\n" * 40000
+    must_not_crash(routes, budget=15.0, refused="missing required key 'version'")

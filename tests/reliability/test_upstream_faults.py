@@ -17,11 +17,13 @@ from tests.support.redis import free_port
 
 POLICY = """
 version: 1
+breakers: {{midbody: {{consecutive_failures: 2, failure_rate: null, reset_timeout: 60s}}}}
 upstreams:
   app: {{url: "http://127.0.0.1:{port}", connect_timeout: 300ms, timeout: 600ms}}
   down: {{url: "http://127.0.0.1:{down}", connect_timeout: 300ms, timeout: 600ms}}
 routes:
   - {{name: down, match: "* /down", upstream: down}}
+  - {{name: guarded, match: "GET /guarded/{{p:.*}}", upstream: app, breaker: midbody, strip_prefix: /guarded}}
   - {{name: d, match: "* /{{p:.*}}", upstream: app}}
 """
 
@@ -48,7 +50,11 @@ async def gw(make_gateway: GatewayFactory, proxy: FaultProxy) -> TestClient:  # 
     ],
 )
 async def test_fault_maps_to_documented_status(
-    mode: str, status: int, error: str, gw: TestClient, proxy: FaultProxy  # type: ignore[type-arg]
+    mode: str,
+    status: int,
+    error: str,
+    gw: TestClient,
+    proxy: FaultProxy,  # type: ignore[type-arg]
 ) -> None:
     proxy.mode = mode
     resp = await gw.get("/echo")
@@ -105,3 +111,20 @@ async def test_nothing_leaks_after_many_faults(gw: TestClient, proxy: FaultProxy
     assert tasks_after <= tasks_before
     assert fds_after <= fds_before + 2  # a pooled keep-alive connection or two may differ
     assert len(connector._acquired) == 0  # every upstream connection was released
+
+
+async def test_a_failure_after_the_response_head_counts_against_the_breaker(
+    gw: TestClient,
+    proxy: FaultProxy,  # type: ignore[type-arg]
+) -> None:
+    proxy.mode = "reset_midbody"
+    for _ in range(2):
+        resp = await gw.get("/guarded/big?n=1000000")
+        assert resp.status == 200  # the head was already relayed...
+        with pytest.raises(aiohttp.ClientPayloadError):
+            await resp.read()  # ...then the body was cut
+    before = proxy.connections
+    resp = await gw.get("/guarded/big?n=10")
+    assert resp.status == 503  # two mid-body failures in a row opened the breaker
+    assert (await resp.json())["breaker"] == "midbody"
+    assert proxy.connections == before  # and the upstream was not contacted

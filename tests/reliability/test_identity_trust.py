@@ -1,0 +1,84 @@
+"""Client claims are believed only by rule: the user header from identity.user_networks, address headers from
+identity.trusted_proxies. A client on 127.0.0.2 stands for a remote one (Linux routes 127/8 to lo)."""
+
+from __future__ import annotations
+
+import json
+
+import aiohttp
+from aiohttp.test_utils import TestClient, TestServer
+
+from tests.conftest import GatewayFactory
+
+POLICY = """
+version: 1
+identity: {{user_header: X-User-Id, user_networks: [127.0.0.1/32], trusted_proxies: [{proxies}]}}
+upstreams: {{app: {{url: "{url}"}}}}
+rate_limits:
+  per_user: {{rate: 2, per: 1m, key: user}}
+routes:
+  - {{name: limited, match: "GET /limited", upstream: app, rate_limits: [per_user]}}
+  - {{name: echo, match: "* /{{p:.*}}", upstream: app}}
+"""
+SPOOF = {"X-User-Id": "victim", "Forwarded": "for=6.6.6.6", "X-Real-IP": "6.6.6.6", "X-Forwarded-Port": "1"}
+
+
+async def get_from(
+    gw: TestClient, address: str, path: str, headers: dict[str, str]
+) -> aiohttp.ClientResponse:  # type: ignore[type-arg]
+    async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(local_addr=(address, 0))) as session:
+        resp = await session.get(f"http://127.0.0.1:{gw.port}{path}", headers=headers)
+        await resp.read()
+        return resp
+
+
+def sent(body: bytes) -> dict[str, str]:
+    return {k.lower(): v for k, v in json.loads(body)["headers"]}
+
+
+async def test_user_header_from_an_untrusted_network_is_ignored_and_not_forwarded(
+    make_gateway: GatewayFactory, upstream: TestServer
+) -> None:
+    gw = await make_gateway(POLICY, url=str(upstream.make_url("")).rstrip("/"), proxies="10.0.0.0/8")
+    resp = await get_from(gw, "127.0.0.2", "/echo", SPOOF)
+    seen = sent(await resp.read())
+    assert "x-user-id" not in seen  # the upstream cannot be fooled either
+    assert "forwarded" not in seen and "x-real-ip" not in seen and "x-forwarded-port" not in seen
+    assert seen["x-forwarded-for"] == "127.0.0.2"
+    # Rotating user ids from one address does not buy more quota: the limit falls back to the IP.
+    statuses = [
+        (await get_from(gw, "127.0.0.2", "/limited", {"X-User-Id": f"rot{i}"})).status for i in range(3)
+    ]
+    assert statuses == [200, 200, 429]
+    # ...and nobody remote can exhaust "victim"'s bucket: a trusted caller still has its full quota.
+    trusted = [(await gw.get("/limited", headers={"X-User-Id": "victim"})).status for _ in range(3)]
+    assert trusted == [200, 200, 429]
+
+
+async def test_user_header_from_a_trusted_network_is_believed_and_forwarded(
+    make_gateway: GatewayFactory, upstream: TestServer
+) -> None:
+    gw = await make_gateway(POLICY, url=str(upstream.make_url("")).rstrip("/"), proxies="10.0.0.0/8")
+    seen = sent(await (await gw.get("/echo", headers={"X-User-Id": "alice"})).read())
+    assert seen["x-user-id"] == "alice"
+    statuses = [(await gw.get("/limited", headers={"X-User-Id": f"user{i}"})).status for i in range(3)]
+    assert statuses == [200, 200, 200]  # three users, three buckets
+
+
+async def test_a_trusted_proxy_keeps_its_address_headers(
+    make_gateway: GatewayFactory, upstream: TestServer
+) -> None:
+    gw = await make_gateway(POLICY, url=str(upstream.make_url("")).rstrip("/"), proxies="127.0.0.2/32")
+    headers = {
+        "X-Forwarded-For": "203.0.113.9",
+        "X-Forwarded-Proto": "https",
+        "X-Forwarded-Port": "443",
+        "Forwarded": "for=203.0.113.9;proto=https",
+    }
+    seen = sent(await (await get_from(gw, "127.0.0.2", "/echo", headers)).read())
+    assert seen["x-forwarded-for"] == "203.0.113.9, 127.0.0.2"
+    assert seen["x-forwarded-proto"] == "https" and seen["x-forwarded-port"] == "443"
+    assert seen["forwarded"] == "for=203.0.113.9;proto=https"
+    # A trusted proxy that sends no X-Forwarded-For is still trusted for the protocol it reports.
+    seen = sent(await (await get_from(gw, "127.0.0.2", "/echo", {"X-Forwarded-Proto": "https"})).read())
+    assert seen["x-forwarded-proto"] == "https"
