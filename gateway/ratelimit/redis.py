@@ -164,24 +164,17 @@ class RedisBuckets:
         if not health.admit():
             raise RedisUnavailable("redis is down; skipped until the next probe")
         pipe = self.pipe
-        if pipe is not None:
-            # The pipe keeps the deadline itself: one timer per batch rather than one per check.
-            try:
-                flat: list[int] = await pipe.submit(keys, args)  # hiredis gives the integers as int
-            except STORE_ERRORS as exc:
-                health.failure(exc)
-                raise RedisUnavailable(str(exc) or exc.__class__.__name__) from None
-            except BaseException:
-                health.abandon()
-                raise
-            health.success()
-            return flat
         try:
-            async with asyncio.timeout(self.timeout):
-                if self.cluster and len(set(tags)) > 1:
-                    reply = await self._check_by_slot(keys, args, tags)
-                else:
-                    reply = await self._submit((keys, args))
+            if pipe is not None:
+                # The pipe keeps the deadline itself: one timer per batch rather than one per check.
+                flat: list[int] = await pipe.submit(keys, args)  # hiredis gives the integers as int
+            else:
+                async with asyncio.timeout(self.timeout):
+                    if self.cluster and len(set(tags)) > 1:
+                        reply = await self._check_by_slot(keys, args, tags)
+                    else:
+                        reply = await self._submit((keys, args))
+                flat = [int(v) for v in reply]
         except STORE_ERRORS as exc:
             health.failure(exc)
             raise RedisUnavailable(str(exc) or exc.__class__.__name__) from None
@@ -189,7 +182,7 @@ class RedisBuckets:
             health.abandon()
             raise
         health.success()
-        return [int(v) for v in reply]
+        return flat
 
     async def _check_by_slot(
         self, keys: Sequence[str], args: Sequence[str | int], tags: Sequence[str]

@@ -8,7 +8,7 @@ import socket
 import subprocess
 import tempfile
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -16,10 +16,11 @@ import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
 
-from gateway.app import GATEWAY, RUNNER_KWARGS, build_app
+from gateway.app import GATEWAY
 from gateway.events import Event
-from gateway.policy.loader import load_policy
 from gateway.ratelimit.limiter import Limiter
+from tests.conftest import GatewayFactory
+from tests.support.clock import ManualClock
 from tests.support.redis import RedisProcess, free_port
 
 Client = TestClient[web.Request, web.Application]
@@ -162,37 +163,15 @@ def redis_cluster() -> Iterator[str]:
     stop_cluster(servers)
 
 
-class ManualClock:
-    """A monotonic clock the test moves."""
-
-    def __init__(self, start: float = 1000.0) -> None:
-        self.now = start
-
-    def __call__(self) -> float:
-        return self.now
-
-    def advance(self, seconds: float) -> None:
-        self.now += seconds
-
-
 ClockedFactory = Callable[..., Awaitable[tuple[Client, ManualClock]]]
 
 
 @pytest.fixture
-async def clocked_gateway(tmp_path: Path) -> AsyncIterator[ClockedFactory]:
+def clocked_gateway(make_gateway: GatewayFactory) -> ClockedFactory:
     """A gateway whose monotonic clock (in-process buckets, Redis back-off) the test moves."""
-    clients: list[Client] = []
 
     async def factory(policy_text: str, **fields: Any) -> tuple[Client, ManualClock]:
-        path = tmp_path / f"clocked{len(clients)}.yaml"
-        path.write_text(policy_text.format(**fields))
         clock = ManualClock()
-        app = build_app(load_policy(path), watch=False, clock=clock)
-        client = TestClient(TestServer(app, **RUNNER_KWARGS))
-        await client.start_server()
-        clients.append(client)
-        return client, clock
+        return await make_gateway(policy_text, clock=clock, **fields), clock
 
-    yield factory
-    for client in clients:
-        await client.close()
+    return factory

@@ -5,7 +5,7 @@ from __future__ import annotations
 from gateway.ratelimit.bucket import US, BucketSpec, evaluate, evaluate_all
 from gateway.ratelimit.headers import LimitHeaders
 from gateway.ratelimit.memory import MemoryBuckets
-from tests.ratelimit.conftest import ManualClock
+from tests.support.clock import ManualClock
 
 NOW = 5_000 * US
 

@@ -14,7 +14,7 @@ import uvloop
 from gateway.events import Event, Events
 from gateway.ratelimit.redis import RedisBuckets, RedisUnavailable
 from gateway.ratelimit.resp import Endpoint, ScriptPipe, encode
-from tests.ratelimit.conftest import ManualClock
+from tests.support.clock import ManualClock
 from tests.support.redis import RedisProcess
 
 SECOND_US = "1000000"  # one token per second: nothing refills within a test
