@@ -37,19 +37,13 @@ from typing import Any
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+from gateway.perf.local import free_port, redis_command  # noqa: E402
 from gateway.perf.results import read_results  # noqa: E402
 from gateway.perf.verdict import percentile  # noqa: E402
 
 BODY = b'{"sign": "leo", "text": "A fixed, small answer from a fast static upstream."}\n'
 USER = "bench-user-1"
 PATH = "/bench/item"
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
 
 
 def wait_port(port: int, timeout: float = 15.0) -> None:
@@ -425,19 +419,7 @@ def main() -> int:
         redis_port = free_port()
         procs.start(
             "redis",
-            [
-                "redis-server",
-                "--port",
-                str(redis_port),
-                "--bind",
-                "127.0.0.1",
-                "--save",
-                "",
-                "--appendonly",
-                "no",
-                "--dir",
-                str(tmp),
-            ],
+            redis_command("redis-server", redis_port, str(tmp)),
             redis_port,
         )
         print(

@@ -12,9 +12,9 @@ import aiohttp
 import pytest
 from aiohttp.test_utils import TestServer
 
+from gateway.perf.local import free_port
 from tests.conftest import GatewayFactory
 from tests.support.raw import raw_request
-from tests.support.redis import free_port
 from tests.support.upstream import RECORDER, pattern_bytes
 
 POLICY = """

@@ -18,7 +18,6 @@ import contextlib
 import os
 import shlex
 import shutil
-import socket
 import subprocess
 import sys
 import time
@@ -32,6 +31,7 @@ import orjson
 import yaml
 
 from gateway.perf.attacker import Attack, Attacker
+from gateway.perf.local import free_port, redis_command, wait_for_redis
 from gateway.perf.results import ResultsWriter, read_results
 from gateway.perf.scenarios import Scenario, load_scenarios
 from gateway.perf.targets import Target, format_targets, load_targets
@@ -40,14 +40,6 @@ from gateway.policy.loader import parse_policy
 
 DEFAULT_PORTS = {"gateway": 8000, "upstream": 8001, "provider": 8002}
 POLL_EVERY = 0.5
-
-
-def free_port() -> int:
-    """A free loopback TCP port."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
 
 
 def meta_path(results: Path) -> Path:
@@ -121,31 +113,10 @@ def start_redis(stack: Stack) -> None:
         print("perf: no redis-server on PATH: the gateway keeps limits in-process", file=sys.stderr)
         return
     port = free_port()
-    stack.spawn(
-        "redis",
-        [
-            binary,
-            "--port",
-            str(port),
-            "--bind",
-            "127.0.0.1",
-            "--save",
-            "",
-            "--appendonly",
-            "no",
-            "--dir",
-            str(stack.run_dir),
-        ],
-    )
-    deadline = time.monotonic() + 10
-    while time.monotonic() < deadline:
-        with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), timeout=0.2) as s:
-            s.sendall(b"PING\r\n")
-            if s.recv(16).startswith(b"+PONG"):
-                stack.redis_url = f"redis://127.0.0.1:{port}/0"
-                return
-        time.sleep(0.05)
-    raise RuntimeError("redis-server did not start")
+    stack.spawn("redis", redis_command(binary, port, str(stack.run_dir)))
+    if not wait_for_redis(port):
+        raise RuntimeError("redis-server did not start")
+    stack.redis_url = f"redis://127.0.0.1:{port}/0"
 
 
 def derive_policy(scenario: Scenario, stack: Stack) -> tuple[Path, dict[str, Any]]:

@@ -17,8 +17,8 @@ import pytest
 from aiohttp import ClientSession
 from aiohttp.test_utils import TestServer
 
+from gateway.perf.local import free_port
 from tests.breaker.conftest import GatewayStarter, Provider, Running
-from tests.support.redis import free_port
 from upstream_app.app import build_app as build_demo_app
 
 SHIPPED = Path(__file__).resolve().parents[2] / "policies.yaml"

@@ -7,7 +7,7 @@ import os
 import sys
 from pathlib import Path
 
-from tests.support.redis import free_port
+from gateway.perf.local import free_port
 
 ROOT = str(Path(__file__).resolve().parents[2])
 
