@@ -34,9 +34,8 @@ class CompiledRoute:
     client: UpstreamClient
     strip_prefix: str | None
     max_body: int
-    connect_timeout: float
-    timeout: float
-    client_timeout: aiohttp.ClientTimeout  # built once: the per-request deadline the client enforces
+    timeout: float  # the whole-response deadline (reload's grace period reads it)
+    client_timeout: aiohttp.ClientTimeout  # built once: the per-request deadlines the client enforces
     preserve_host: bool
     retries: RetryPolicy | None  # None: the route never retries
     breaker: Breaker | None  # the route's own breaker, else its upstream's, shared by the upstream's routes
@@ -79,7 +78,6 @@ def compile_route(
         client=clients[route.upstream],
         strip_prefix=route.strip_prefix.rstrip("/") if route.strip_prefix else None,
         max_body=route.max_body if route.max_body is not None else policy.server.max_body,
-        connect_timeout=route.connect_timeout or upstream.connect_timeout,
         timeout=route.timeout or upstream.timeout,
         client_timeout=aiohttp.ClientTimeout(
             total=route.timeout or upstream.timeout,
@@ -151,12 +149,6 @@ def build_runtime(
             policy, previous.limiter if previous is not None else None, events=events, clock=clock
         ),
     )
-
-
-def retired_clients(old: Runtime, new: Runtime) -> list[UpstreamClient]:
-    """Clients of `old` that `new` no longer uses: close them once in-flight requests have drained."""
-    kept = {id(c) for c in new.clients.values()}
-    return [c for c in old.clients.values() if id(c) not in kept]
 
 
 # Runtime attributes that may hold objects with an async lifecycle (`start()` / `close()`), besides the
