@@ -255,6 +255,16 @@ def response_headers(upstream: UpstreamReply, extra: Iterable[tuple[str, str]]) 
     return out
 
 
+class _OneWrite(web.StreamResponse):
+    """A response whose body is already complete: its head waits to go out in one write with the body.
+
+    (web.Response does the same for its body; a streamed body keeps StreamResponse's head-first behaviour,
+    so a slow or endless body, server-sent events say, still gets its head at once.)
+    """
+
+    _send_headers_immediately = False
+
+
 async def relay(
     request: web.BaseRequest, upstream: UpstreamReply, extra: Iterable[tuple[str, str]]
 ) -> tuple[web.StreamResponse, int]:
@@ -262,11 +272,17 @@ async def relay(
 
     Once the head is sent a failure can only cut the connection: the exception propagates to the caller.
     """
-    response = web.StreamResponse(status=upstream.status, reason=upstream.reason)
+    whole = upstream.whole_body() if isinstance(upstream, UpstreamResponse) else None
+    response = (web.StreamResponse if whole is None else _OneWrite)(
+        status=upstream.status, reason=upstream.reason
+    )
     response.headers.extend(response_headers(upstream, extra))
     if upstream.content_length is not None and "Transfer-Encoding" not in upstream.headers:
         response.content_length = upstream.content_length
     await response.prepare(request)
+    if whole is not None:
+        await response.write_eof(whole)  # head, body and end in one write
+        return response, len(whole)
     written = 0
     async for chunk in upstream.content.iter_any():
         written += len(chunk)

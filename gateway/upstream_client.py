@@ -84,6 +84,16 @@ class UpstreamResponse:
             self._error = exc
             self._wake()
 
+    def whole_body(self) -> bytes | None:
+        """The entire body when it has already arrived (the usual small response), else None."""
+        if not self._eof or self._error is not None:
+            return None
+        chunks = self._chunks
+        data = chunks.popleft() if len(chunks) == 1 else b"".join(chunks)
+        chunks.clear()
+        self._size = 0
+        return data
+
     async def iter_any(self) -> AsyncIterator[bytes]:
         """Yield body bytes as they arrive (everything buffered at once); raise on a cut or deadline."""
         chunks = self._chunks

@@ -148,6 +148,8 @@ async def test_request_id_generated_when_missing_or_unsafe(gw) -> None:  # type:
     assert len(rid) == 32 and rid != "bad id\twith spaces"
     sent = {k.lower(): v for k, v in (await resp.json())["headers"]}
     assert sent["x-request-id"] == rid
+    fresh = {(await gw.get("/echo")).headers["X-Request-Id"] for _ in range(20)}
+    assert len(fresh) == 20 and rid not in fresh  # every generated id is new
 
 
 async def test_timeout_is_504_with_json_reason(gw) -> None:  # type: ignore[no-untyped-def]
@@ -251,5 +253,45 @@ async def test_upstream_reset_mid_body_truncates_the_client_response(make_gatewa
         assert resp.status == 200
         with pytest.raises(aiohttp.ClientPayloadError):
             await resp.read()
+    finally:
+        server.close()
+
+
+async def test_streamed_head_reaches_the_client_before_the_body(make_gateway: GatewayFactory) -> None:
+    """A small complete body goes out with its head in one write; an unfinished one must not hold the head
+    back (server-sent events, long polls): the client sees the status line while the body is still coming."""
+    release = asyncio.Event()
+
+    async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        while True:
+            head = await reader.readuntil(b"\r\n\r\n")
+            if head.startswith(b"HEAD "):
+                writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 5000\r\nX-Kind: head\r\n\r\n")
+                continue
+            writer.write(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nX-Kind: stream\r\n\r\n")
+            await release.wait()
+            writer.write(b"5\r\nhello\r\n0\r\n\r\n")
+            await writer.drain()
+
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    server = await asyncio.start_server(serve, sock=sock)
+    try:
+        gw = await make_gateway(
+            'version: 1\nupstreams: {{app: {{url: "http://127.0.0.1:{port}"}}}}\n'
+            'routes: [{{name: a, match: "GET /{{p:.*}}", upstream: app}}]\n',
+            port=sock.getsockname()[1],
+        )
+        resp = await asyncio.wait_for(gw.get("/events"), 5)  # returns once the head is in
+        assert resp.status == 200 and resp.headers["X-Kind"] == "stream"
+        release.set()
+        assert await asyncio.wait_for(resp.read(), 5) == b"hello"
+        # HEAD: the upstream's Content-Length is relayed, no body follows (the next response starts at once).
+        reader, writer = await asyncio.open_connection("127.0.0.1", gw.port)
+        writer.write(b"HEAD /x HTTP/1.1\r\nHost: x\r\n\r\n" * 2)
+        for _ in range(2):
+            head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 5)
+            assert head.startswith(b"HTTP/1.1 200 ") and b"\r\nContent-Length: 5000\r\n" in head
+        writer.close()
     finally:
         server.close()

@@ -223,3 +223,30 @@ async def test_cancelling_a_request_closes_its_connection(scripted: Callable[...
     assert len(pool.connector._acquired) == 0 and not pool._idle
     assert conn.transport is not None and conn.transport.is_closing()
     await pool.close()
+
+
+async def test_a_body_already_in_is_handed_over_whole_and_the_connection_reused(
+    scripted: Callable[..., object],
+) -> None:
+    reply = b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nhello"
+    server: Scripted = await scripted([reply, reply])  # type: ignore[misc]
+    pool = UpstreamPool("127.0.0.1", server.port, 4)
+    for _ in range(2):
+        response = await pool.request(
+            "GET", "/p", CIMultiDict({"Host": "h"}), None, connect_timeout=1.0, total_timeout=2.0
+        )
+        assert response.whole_body() == b"hello"  # head and body came in one segment: nothing to wait for
+        response.release()
+    assert server.connections == 1  # taking the body whole finishes the exchange like reading it does
+    await pool.close()
+
+
+async def test_a_body_still_coming_is_not_handed_over_whole(scripted: Callable[..., object]) -> None:
+    server: Scripted = await scripted([b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nhel"])  # type: ignore[misc]
+    pool = UpstreamPool("127.0.0.1", server.port, 4)
+    response = await pool.request(
+        "GET", "/p", CIMultiDict({"Host": "h"}), None, connect_timeout=1.0, total_timeout=2.0
+    )
+    assert response.whole_body() is None  # two bytes short: the relay must stream it
+    response.release()
+    await pool.close()
