@@ -69,7 +69,24 @@ class BatchingBytesLogger:
                 pass  # stdout closed or full: an access log line must never fail a request
 
 
-_access: structlog.typing.FilteringBoundLogger | None = None
+class AccessLog:
+    """The per-request line: the fields given, `event`, `time`, rendered by orjson straight into the batch.
+
+    The same JSON as a structlog line, without a processor chain per request: the access log writes one
+    line per request, and structlog's generic path (bound context copy, processor loop) cost a measurable
+    share of the gateway's CPU.
+    """
+
+    def __init__(self, sink: BatchingBytesLogger) -> None:
+        self._sink = sink
+        self._stamp = _Timestamp()
+
+    def info(self, event: str, **fields: Any) -> None:
+        fields["event"] = event
+        self._sink.msg(orjson.dumps(self._stamp(None, "info", fields)))
+
+
+_access: AccessLog | None = None
 _access_sink: BatchingBytesLogger | None = None
 
 
@@ -92,20 +109,11 @@ def configure(level: str = "info") -> None:
     if _access_sink is not None:
         _access_sink.flush()
     _access_sink = BatchingBytesLogger(sys.stdout.buffer)
-    # The access log: the shortest processor chain, batched writes; one line per request.
-    _access = structlog.wrap_logger(
-        _access_sink,
-        processors=[_Timestamp(), renderer],
-        wrapper_class=structlog.make_filtering_bound_logger(threshold),
-        cache_logger_on_first_use=True,
-        level="info",
-    )
+    _access = AccessLog(_access_sink) if threshold <= logging.INFO else None
 
 
-def access_log() -> structlog.typing.FilteringBoundLogger | None:
+def access_log() -> AccessLog | None:
     """The per-request logger, or None before `configure` or when info lines are filtered out."""
-    if _access is None or not _access.is_enabled_for(logging.INFO):
-        return None
     return _access
 
 
