@@ -9,6 +9,7 @@ from pathlib import Path
 
 from aiohttp import web
 
+from gateway import heap
 from gateway.alerts_webhook import AlertWebhook
 from gateway.audit import AuditTrail, build_audit
 from gateway.cors import add_proxy_route
@@ -56,6 +57,7 @@ class Gateway:
         self.runtime = self.build(self.loaded)
         if self.runtime.limiter is not None:
             await self.runtime.limiter.start()
+        heap.settle()  # the policy and everything built from it: out of the collector's full passes
 
     def current(self) -> Runtime:
         assert self.runtime is not None, "the gateway is not started"

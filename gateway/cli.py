@@ -70,6 +70,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     loaded = load_or_report(args.policy)
     if loaded is None:
         return 1
+    from gateway import heap
     from gateway.app import GATEWAY, RUNNER_KWARGS, build_app
     from gateway.logs import configure
     from gateway.server import ConnectionLimits, serve
@@ -90,6 +91,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         runner_kwargs=RUNNER_KWARGS,
         on_draining=draining,
     )
+    heap.enable()  # this process is the gateway's: long-lived objects are frozen out of full collections
     try:
         import uvloop
     except ImportError:  # pragma: no cover - uvloop is a dependency where it exists

@@ -29,6 +29,7 @@ from typing import Any, Literal, Protocol
 from aiohttp import web
 from yarl import URL
 
+from gateway import heap
 from gateway.events import Events
 from gateway.logs import get_logger
 from gateway.policy.loader import LoadedPolicy, PolicyError, Problem, load_policy, parse_policy
@@ -410,6 +411,7 @@ class Reloader:
         self._holder.runtime = runtime  # the swap: new requests see the new policy from here on
         self._holder.loaded = loaded
         duration = time.perf_counter() - started
+        heap.settle()
 
         self._retire(objects_only_in(current, runtime), grace_period(current, self._grace_extra))
         if trigger == "rollback":
@@ -454,7 +456,11 @@ class Reloader:
             return
         task = asyncio.get_running_loop().create_task(self._close_later(objects, grace), name="policy-retire")
         self._retiring[task] = objects
-        task.add_done_callback(lambda done: self._retiring.pop(done, None))
+        task.add_done_callback(self._retired)
+
+    def _retired(self, task: asyncio.Task[None]) -> None:
+        self._retiring.pop(task, None)
+        heap.settle()  # the retired runtime is unreferenced now: its cycles can go
 
     async def _close_later(self, objects: list[object], grace: float) -> None:
         await asyncio.sleep(grace)  # requests that started on the old runtime finish within this
