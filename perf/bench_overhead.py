@@ -9,6 +9,8 @@ duration:
   (b) a bare aiohttp pass-through (perf/bare_proxy.py): the fair Python reference
   (c) the gateway with every policy on: a Redis token bucket on the route (a private redis-server started
       here), a breaker on the upstream, the route's SLO histograms, the JSON access log (written to a file)
+  (c0) the gateway with routing and proxying only (no limit, breaker, SLO or access log): c - c0 is what
+      the policies cost
   (d) nginx proxying the same upstream (keep-alive pool, one worker), when nginx is installed
 
 Then: a constant-rate run at half of b's saturation rate against b and c with the built-in open-model
@@ -285,7 +287,21 @@ def gateway_policy(
     return path
 
 
-def start_gateway(procs: Procs, name: str, policy: Path) -> tuple[int, subprocess.Popen[bytes]]:
+def core_policy(tmp: Path, upstream: int) -> Path:
+    """The gateway with nothing on but routing and proxying: what the policies of (c) add is c - c0."""
+    path = tmp / "core.yaml"
+    path.write_text(
+        "version: 1\n"
+        f'upstreams: {{static: {{url: "http://127.0.0.1:{upstream}", connect_timeout: 1s, timeout: 5s,'
+        " max_connections: 256}}\n"
+        'routes: [{name: bench, match: "GET /bench/{rest:.*}", upstream: static}]\n'
+    )
+    return path
+
+
+def start_gateway(
+    procs: Procs, name: str, policy: Path, level: str = "info"
+) -> tuple[int, subprocess.Popen[bytes]]:
     port = free_port()
     access_log = open(procs.tmp / f"{name}-access.log", "wb")  # noqa: SIM115 - handed to the child
     proc = procs.start(
@@ -300,7 +316,7 @@ def start_gateway(procs: Procs, name: str, policy: Path) -> tuple[int, subproces
             "--port",
             str(port),
             "--log-level",
-            "info",
+            level,  # "warning": no access log
         ],
         port,
         stdout=access_log,
@@ -483,6 +499,8 @@ def main() -> int:
             procs, "gateway", gateway_policy(tmp, "gateway", up_port, redis_port)
         )
         urls["c"] = f"http://127.0.0.1:{gw_port}{PATH}"
+        core_port, core = start_gateway(procs, "core", core_policy(tmp, up_port), level="warning")
+        urls["c0"] = f"http://127.0.0.1:{core_port}{PATH}"
         if shutil.which("nginx") and not args.no_nginx:
             ng_port, _ = start_nginx(
                 procs,
@@ -502,12 +520,13 @@ def main() -> int:
             if name == "c":
                 c_requests += result.requests + int(result.rps * args.warmup)
 
-        results = alternate(urls, args, hook=count, procs={"b": bare, "c": gateway})
+        results = alternate(urls, args, hook=count, procs={"b": bare, "c": gateway, "c0": core})
         after = commandstats(redis_port)
         labels = {
             "a": "(a) direct to the upstream",
             "b": "(b) bare aiohttp pass-through",
             "c": "(c) gateway, every policy on",
+            "c0": "(c0) gateway core: route and proxy, no policy",
             "d": "(d) nginx proxy (1 worker)",
         }
         for name, result in results.items():
@@ -520,6 +539,12 @@ def main() -> int:
             f"CPU per request (median of rounds): b {results['b'].cpu_us:.0f} us,"
             f" c {results['c'].cpu_us:.0f} us,"
             f" ratio b/c = {cpu_b_c:.2f} (the throughput ratio c/b a core-bound proxy would reach)"
+        )
+        policy_us = (results["c"].cpu_us or 0.0) - (results["c0"].cpu_us or 0.0)
+        print(
+            f"what the policies cost: c0 {results['c0'].cpu_us:.0f} us -> c {results['c'].cpu_us:.0f} us"
+            f" per request ({policy_us:+.0f} us: Redis limit, breaker, SLO, access log); throughput c/c0 ="
+            f" {results['c'].rps / results['c0'].rps:.2f}"
         )
         delta = {k: after.get(k, 0) - before.get(k, 0) for k in after}
         delta = {k: v for k, v in delta.items() if v and k not in ("info", "hgetall", "xadd", "ping")}
@@ -551,6 +576,7 @@ def main() -> int:
             f" p99 c/b = {p99_ratio:.2f} (target <= 1.5)"
         )
         procs.stop(bare)
+        procs.stop(core)
 
         print("\nwork size (gateway, same settings):")
         rss_before = rss_mib(gateway)
@@ -620,6 +646,7 @@ def main() -> int:
                 "c_over_b": round(c_b, 3),
                 "cpu_us_per_request": {k: round(v.cpu_us, 1) for k, v in results.items() if v.cpu_us},
                 "cpu_b_over_c": round(cpu_b_c, 3),
+                "policy_cpu_us": round(policy_us, 1),
                 "c_over_d": round(c_d, 3) if c_d else None,
                 "evalsha_per_request": round(wire, 3),
                 "redis_commands": delta,
