@@ -326,6 +326,11 @@ class _GatewayCollector(Collector):
                 "gateway_redis_skipped", "Limit checks that skipped Redis while it was down.",
                 value=int(redis.get("skipped") or 0),
             )
+            yield CounterMetricFamily(
+                "gateway_redis_round_trips",
+                "Batched writes of rate-limit checks to Redis (checks per round trip: how well they batch).",
+                value=int(redis.get("round_trips") or 0),
+            )
             yield GaugeMetricFamily(
                 "gateway_redis_up", "1 when the rate limiter's Redis is reachable, else 0.",
                 value=1.0 if redis.get("up") else 0.0,

@@ -199,3 +199,20 @@ async def test_retry_after_from_redis_is_never_early(
     await asyncio.sleep(int(refused.headers["Retry-After"]))
     again = await gw.get("/short", headers={"X-User-Id": "ken"})
     assert again.status == 200
+
+
+async def test_checks_and_redis_round_trips_reach_metrics(
+    make_gateway: GatewayFactory, upstream: TestServer, redis_url: str
+) -> None:
+    gw = await make_gateway(POLICY, **policy_fields(upstream, redis_url))
+    responses = await asyncio.gather(*(gw.get("/ten", headers={"X-User-Id": f"m{i}"}) for i in range(9)))
+    assert [r.status for r in responses] == [200] * 9
+    text = await (await gw.get("/metrics")).text()
+    scraped = {
+        line.split()[0]: float(line.split()[1])
+        for line in text.splitlines()
+        if line.startswith(("gateway_rate_limit_checks_total ", "gateway_redis_round_trips_total "))
+    }
+    trips = scraped["gateway_redis_round_trips_total"]
+    assert scraped["gateway_rate_limit_checks_total"] == 9
+    assert 1 <= trips <= 9 and trips == limiter_of(gw).stats()["redis"]["round_trips"]
