@@ -278,7 +278,7 @@ def gateway_policy(
         "version: 1",
         # Each gateway its own key prefix: buckets shared across setups would run dry over the whole bench.
         f'storage: {{redis_url: "redis://127.0.0.1:{redis_port}/0", on_redis_error: allow, timeout: 50ms,'
-        f" key_prefix: bench-{name}}}}}",
+        f" key_prefix: bench-{name}}}",
         "identity: {user_header: X-User-Id}",
         f'upstreams: {{static: {{url: "http://127.0.0.1:{upstream}", connect_timeout: 1s, timeout: 5s,'
         " breaker: static, max_connections: 256}}",
