@@ -92,6 +92,7 @@ class UpstreamResponse:
         data = chunks.popleft() if len(chunks) == 1 else b"".join(chunks)
         chunks.clear()
         self._size = 0
+        self._conn.resume_reading()  # paused at the high-water mark: the connection must be reusable
         return data
 
     async def iter_any(self) -> AsyncIterator[bytes]:

@@ -12,7 +12,6 @@ import hashlib
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from functools import lru_cache
 from typing import Any
 
 from gateway.events import Events
@@ -26,21 +25,17 @@ from gateway.ratelimit.overrides import Overrides
 from gateway.ratelimit.redis import RedisBuckets, RedisUnavailable
 
 USER, IP, ROUTE, GLOBAL, HEADER = range(5)
-_MAX_CACHED_VALUE = 256  # longer key values are hashed every time rather than pinned in the digest cache
 _MAX_BLOCKED = 10_000
 Change = tuple[int | None, int | None]  # an override before and after; None: the policy's rate
 
 
-@lru_cache(maxsize=65_536)
-def _cached_digest(value: str) -> str:
-    return hashlib.sha1(value.encode(), usedforsecurity=False).hexdigest()[:16]
-
-
 def tag_of(value: str) -> str:
-    """The hash tag of one key value."""
-    if len(value) > _MAX_CACHED_VALUE:
-        return hashlib.sha1(value.encode(), usedforsecurity=False).hexdigest()[:16]
-    return _cached_digest(value)
+    """The hash tag of one key value.
+
+    Not cached: hashing costs ~0.3 us. A digest cache (removed) held 15 MiB at 60,000 users, and with it the
+    bench's 100,000-key run was 4-6% slower than its one-key run; without it they are within 1%.
+    """
+    return hashlib.sha1(value.encode(), usedforsecurity=False).hexdigest()[:16]
 
 
 @dataclass(frozen=True, slots=True)
