@@ -105,7 +105,7 @@ class Load:
     non_2xx: int = 0
     errors: str = ""
     cpu_us: float | None = None  # CPU time (user + system) of the proxy process per request served
-    warmup_requests: int = 0  # served in the warm-up before the measured run
+    redis_cpu_us: float | None = None  # the same for the Redis server, where it is measured
 
 
 def cpu_seconds(proc: subprocess.Popen[bytes]) -> float:
@@ -162,25 +162,27 @@ def load(
     args: argparse.Namespace,
     script: Path | None = None,
     proc: subprocess.Popen[bytes] | None = None,
+    redis: subprocess.Popen[bytes] | None = None,
 ) -> Load:
     """Warm up, then measure, with the same tool and settings for every setup.
 
     With `proc` (the proxy under test), also its CPU time per request over the measured run: a steadier
     figure than requests/s on a shared machine, since time stolen by neighbours is not counted.
     """
-    warm = 0
     if args.warmup > 0:
         if args.tool == "wrk":
-            warm = run_wrk(url, args, args.warmup, script).requests
+            run_wrk(url, args, args.warmup, script)
         else:
-            warm = run_hey(url, args, args.warmup).requests
+            run_hey(url, args, args.warmup)
     before = cpu_seconds(proc) if proc is not None else 0.0
+    redis_before = cpu_seconds(redis) if redis is not None else 0.0
     result = (
         run_wrk(url, args, args.duration, script) if args.tool == "wrk" else run_hey(url, args, args.duration)
     )
-    result.warmup_requests = warm
     if proc is not None and result.requests:
         result.cpu_us = (cpu_seconds(proc) - before) / result.requests * 1e6
+    if redis is not None and result.requests:
+        result.redis_cpu_us = (cpu_seconds(redis) - redis_before) / result.requests * 1e6
     return result
 
 
@@ -420,6 +422,9 @@ def best(runs: list[Load]) -> Load:
     cpus = [r.cpu_us for r in runs if r.cpu_us is not None]
     if cpus:
         fastest = replace(fastest, cpu_us=statistics.median(cpus))
+    redis_cpus = [r.redis_cpu_us for r in runs if r.redis_cpu_us is not None]
+    if redis_cpus:
+        fastest = replace(fastest, redis_cpu_us=statistics.median(redis_cpus))
     return fastest
 
 
@@ -427,16 +432,14 @@ def alternate(
     urls: dict[str, str],
     args: argparse.Namespace,
     scripts: dict[str, Path | None] | None = None,
-    hook: Any = None,
     procs: dict[str, subprocess.Popen[bytes]] | None = None,
+    redis: subprocess.Popen[bytes] | None = None,
 ) -> dict[str, Load]:
     """Measure each setup `args.rounds` times, alternating (A B A B ...), and keep each one's best run."""
     runs: dict[str, list[Load]] = {name: [] for name in urls}
     for _ in range(args.rounds):
         for name, url in urls.items():
-            result = load(url, args, (scripts or {}).get(name), (procs or {}).get(name))
-            if hook is not None:
-                hook(name, result)
+            result = load(url, args, (scripts or {}).get(name), (procs or {}).get(name), redis)
             runs[name].append(result)
     for name, results in runs.items():
         if len(results) > 1:
@@ -484,7 +487,7 @@ def main() -> int:
     try:
         up_port, upstream_kind = start_upstream(procs)
         redis_port = free_port()
-        procs.start(
+        redis = procs.start(
             "redis",
             redis_command("redis-server", redis_port, str(tmp)),
             redis_port,
@@ -527,23 +530,19 @@ def main() -> int:
                 ),
             )
             urls["d"] = f"http://127.0.0.1:{ng_port}{PATH}"
-        c_requests = 0
         before = commandstats(redis_port)
         trips_before = scrape(gw_port, "gateway_redis_round_trips_total")
-
-        def count(name: str, result: Load) -> None:
-            nonlocal c_requests
-            if name == "c":
-                c_requests += result.requests + result.warmup_requests
-
-        results = alternate(urls, args, hook=count, procs={"b": bare, "c": gateway, "c0": core})
+        checks_before = scrape(gw_port, "gateway_rate_limit_checks_total")
+        results = alternate(urls, args, procs={"b": bare, "c": gateway, "c0": core})
         after = commandstats(redis_port)
-        trips = (scrape(gw_port, "gateway_redis_round_trips_total") - trips_before) / max(1, c_requests)
+        # Per request the gateway checked (wrk does not count the requests in flight when a run stops).
+        checks = scrape(gw_port, "gateway_rate_limit_checks_total") - checks_before
+        trips = (scrape(gw_port, "gateway_redis_round_trips_total") - trips_before) / max(1, checks)
         labels = {
             "a": "(a) direct to the upstream",
             "b": "(b) bare aiohttp pass-through",
             "c": "(c) gateway, every policy on",
-            "c0": "(c0) gateway core: route and proxy, no policy",
+            "c0": "(c0) gateway, route + proxy only, no policy",
             "d": "(d) nginx proxy (1 worker)",
         }
         for name, result in results.items():
@@ -566,7 +565,7 @@ def main() -> int:
         delta = {k: after.get(k, 0) - before.get(k, 0) for k in after}
         delta = {k: v for k, v in delta.items() if v and k not in ("info", "hgetall", "xadd", "ping")}
         # Commands a script runs (TIME, GET, SET) are counted too; EVALSHA is what crosses the wire.
-        wire = sum(v for k, v in delta.items() if k.startswith("eval")) / max(1, c_requests)
+        wire = sum(v for k, v in delta.items() if k.startswith("eval")) / max(1, checks)
         print(
             f"redis per request (c): {wire:.3f} EVALSHA, {trips:.3f} round trips (target <= 1.0; the checks"
             " of one loop tick share one write); inside the script: "
@@ -609,6 +608,7 @@ def main() -> int:
             if args.tool == "wrk"
             else None,
             procs={"1 key": gateway, "100k keys": gateway},
+            redis=redis,
         )
         keys_ratio = keys["100k keys"].rps / keys["1 key"].rps
         print(row("1 rate-limit key", keys["1 key"]))
@@ -621,6 +621,10 @@ def main() -> int:
         print(f"  ratio 100,000 keys / 1 key = {keys_ratio:.3f} ({within(keys_ratio)})")
         keys_cpu = (keys["1 key"].cpu_us or 0.0) / (keys["100k keys"].cpu_us or 1.0)
         print(f"  CPU per request 1 key / 100,000 keys = {keys_cpu:.3f} ({within(keys_cpu)})")
+        print(
+            f"  Redis CPU per request: 1 key {keys['1 key'].redis_cpu_us:.1f} us, 100,000 keys"
+            f" {keys['100k keys'].redis_cpu_us:.1f} us (new keys cost Redis more, on the same two cores)"
+        )
         dbsize = redis_cli(redis_port, "DBSIZE").strip(":\r\n")
         print(
             f"  gateway RSS {rss_before:.0f} MiB -> {rss_mib(gateway):.0f} MiB; Redis keys now {dbsize}"
