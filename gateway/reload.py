@@ -452,8 +452,8 @@ class Reloader:
                             duration=time.perf_counter() - started)
 
     def _retire(self, objects: list[object], grace: float) -> None:
-        if not objects:
-            return
+        # Even with nothing to close, the old runtime is unreferenced only once its requests end: the
+        # retirement's end is when its garbage can be collected (`_retired`).
         task = asyncio.get_running_loop().create_task(self._close_later(objects, grace), name="policy-retire")
         self._retiring[task] = objects
         task.add_done_callback(self._retired)
