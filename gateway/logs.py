@@ -31,7 +31,7 @@ class _Timestamp:
 
 
 class BatchingBytesLogger:
-    """A structlog logger for the access log: lines are gathered and written in batches, not flushed one by
+    """The access log's sink: lines are gathered and written in batches, not flushed one by
     one (a write system call per request is a measurable share of a proxy's CPU). A batch is written when it
     reaches 64 KiB or 200 ms after its first line, and at shutdown."""
 
@@ -53,8 +53,6 @@ class BatchingBytesLogger:
                 self._timer = asyncio.get_running_loop().call_later(self.MAX_DELAY, self.flush)
             except RuntimeError:  # no loop running: nothing would flush later, so write now
                 self.flush()
-
-    info = msg
 
     def flush(self) -> None:
         if self._timer is not None:
@@ -83,7 +81,7 @@ class AccessLog:
 
     def info(self, event: str, **fields: Any) -> None:
         fields["event"] = event
-        self._sink.msg(orjson.dumps(self._stamp(None, "info", fields)))
+        self._sink.msg(orjson.dumps(self._stamp(None, "info", fields), default=repr))
 
 
 _access: AccessLog | None = None

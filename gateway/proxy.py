@@ -255,7 +255,7 @@ def response_headers(upstream: UpstreamReply, extra: Iterable[tuple[str, str]]) 
     return out
 
 
-class _OneWrite(web.StreamResponse):
+class OneWriteResponse(web.StreamResponse):
     """A response whose body is already complete: its head waits to go out in one write with the body.
 
     (web.Response does the same for its body; a streamed body keeps StreamResponse's head-first behaviour,
@@ -273,7 +273,7 @@ async def relay(
     Once the head is sent a failure can only cut the connection: the exception propagates to the caller.
     """
     whole = upstream.whole_body() if isinstance(upstream, UpstreamResponse) else None
-    response = (web.StreamResponse if whole is None else _OneWrite)(
+    response = (web.StreamResponse if whole is None else OneWriteResponse)(
         status=upstream.status, reason=upstream.reason
     )
     response.headers.extend(response_headers(upstream, extra))

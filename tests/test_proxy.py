@@ -13,6 +13,7 @@ import pytest
 from aiohttp.test_utils import TestServer
 
 from gateway.perf.local import free_port
+from gateway.proxy import OneWriteResponse
 from tests.conftest import GatewayFactory
 from tests.support.raw import raw_request
 from tests.support.upstream import RECORDER, pattern_bytes
@@ -258,8 +259,8 @@ async def test_upstream_reset_mid_body_truncates_the_client_response(make_gatewa
 
 
 async def test_streamed_head_reaches_the_client_before_the_body(make_gateway: GatewayFactory) -> None:
-    """A small complete body goes out with its head in one write; an unfinished one must not hold the head
-    back (server-sent events, long polls): the client sees the status line while the body is still coming."""
+    """An unfinished body must not hold the head back (server-sent events, long polls): the client sees the
+    status line while the body is still coming. (A body already complete goes out with its head.)"""
     release = asyncio.Event()
 
     async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
@@ -295,3 +296,11 @@ async def test_streamed_head_reaches_the_client_before_the_body(make_gateway: Ga
         writer.close()
     finally:
         server.close()
+
+
+def test_the_one_write_response_still_has_aiohttps_switch() -> None:
+    """relay's one-write response holds its head back with aiohttp's StreamResponse._send_headers_immediately
+    (private; web.Response uses it the same way). Were an upgrade to drop it, every response would quietly
+    go back to two writes: this says so instead."""
+    assert vars(aiohttp.web.StreamResponse).get("_send_headers_immediately") is True
+    assert OneWriteResponse._send_headers_immediately is False
