@@ -535,7 +535,7 @@ def main() -> int:
         checks_before = scrape(gw_port, "gateway_rate_limit_checks_total")
         results = alternate(urls, args, procs={"b": bare, "c": gateway, "c0": core})
         after = commandstats(redis_port)
-        # Per request the gateway checked (wrk does not count the requests in flight when a run stops).
+        # Per check the gateway made (wrk does not count the requests in flight when a run stops).
         checks = scrape(gw_port, "gateway_rate_limit_checks_total") - checks_before
         trips = (scrape(gw_port, "gateway_redis_round_trips_total") - trips_before) / max(1, checks)
         labels = {
@@ -567,8 +567,8 @@ def main() -> int:
         # Commands a script runs (TIME, GET, SET) are counted too; EVALSHA is what crosses the wire.
         wire = sum(v for k, v in delta.items() if k.startswith("eval")) / max(1, checks)
         print(
-            f"redis per request (c): {wire:.3f} EVALSHA, {trips:.3f} round trips (target <= 1.0; the checks"
-            " of one loop tick share one write); inside the script: "
+            f"redis per limit check (c: one check per request): {wire:.3f} EVALSHA, {trips:.3f} round trips"
+            " (target <= 1.0; the checks of one loop tick share one write); inside the script: "
             + ", ".join(f"{k}={v}" for k, v in sorted(delta.items()))
         )
 
@@ -622,8 +622,8 @@ def main() -> int:
         keys_cpu = (keys["1 key"].cpu_us or 0.0) / (keys["100k keys"].cpu_us or 1.0)
         print(f"  CPU per request 1 key / 100,000 keys = {keys_cpu:.3f} ({within(keys_cpu)})")
         print(
-            f"  Redis CPU per request: 1 key {keys['1 key'].redis_cpu_us:.1f} us, 100,000 keys"
-            f" {keys['100k keys'].redis_cpu_us:.1f} us (new keys cost Redis more, on the same two cores)"
+            f"  Redis CPU per request: 1 key {keys['1 key'].redis_cpu_us or 0:.1f} us, 100,000 keys"
+            f" {keys['100k keys'].redis_cpu_us or 0:.1f} us (new keys cost Redis more, on the same cores)"
         )
         dbsize = redis_cli(redis_port, "DBSIZE").strip(":\r\n")
         print(
