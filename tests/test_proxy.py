@@ -3,14 +3,17 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import io
 import json
 import socket
+from collections.abc import AsyncIterator, Awaitable, Callable
 
 import aiohttp
 import pytest
-from aiohttp.test_utils import TestServer
+from aiohttp import web
+from aiohttp.test_utils import TestClient, TestServer
 
 from gateway.perf.local import free_port
 from gateway.proxy import OneWriteResponse
@@ -234,6 +237,27 @@ async def test_client_disconnect_cancels_the_upstream_call(make_gateway: Gateway
         await server.close()
 
 
+RawServe = Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]]
+
+
+@contextlib.asynccontextmanager
+async def raw_upstream_gateway(
+    make_gateway: GatewayFactory, serve: RawServe
+) -> AsyncIterator[TestClient[web.Request, web.Application]]:
+    """A gateway whose every GET goes to `serve`, an upstream that writes raw bytes on a real socket."""
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    server = await asyncio.start_server(serve, sock=sock)
+    try:
+        yield await make_gateway(
+            'version: 1\nupstreams: {{app: {{url: "http://127.0.0.1:{port}"}}}}\n'
+            'routes: [{{name: a, match: "GET /{{p:.*}}", upstream: app}}]\n',
+            port=sock.getsockname()[1],
+        )
+    finally:
+        server.close()
+
+
 async def test_upstream_reset_mid_body_truncates_the_client_response(make_gateway: GatewayFactory) -> None:
     async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         await reader.readuntil(b"\r\n\r\n")
@@ -241,21 +265,11 @@ async def test_upstream_reset_mid_body_truncates_the_client_response(make_gatewa
         await writer.drain()
         writer.transport.abort()
 
-    sock = socket.socket()
-    sock.bind(("127.0.0.1", 0))
-    server = await asyncio.start_server(serve, sock=sock)
-    try:
-        gw = await make_gateway(
-            'version: 1\nupstreams: {{app: {{url: "http://127.0.0.1:{port}"}}}}\n'
-            'routes: [{{name: a, match: "GET /{{p:.*}}", upstream: app}}]\n',
-            port=sock.getsockname()[1],
-        )
+    async with raw_upstream_gateway(make_gateway, serve) as gw:
         resp = await gw.get("/x")
         assert resp.status == 200
         with pytest.raises(aiohttp.ClientPayloadError):
             await resp.read()
-    finally:
-        server.close()
 
 
 async def test_streamed_head_reaches_the_client_before_the_body(make_gateway: GatewayFactory) -> None:
@@ -274,15 +288,7 @@ async def test_streamed_head_reaches_the_client_before_the_body(make_gateway: Ga
             writer.write(b"5\r\nhello\r\n0\r\n\r\n")
             await writer.drain()
 
-    sock = socket.socket()
-    sock.bind(("127.0.0.1", 0))
-    server = await asyncio.start_server(serve, sock=sock)
-    try:
-        gw = await make_gateway(
-            'version: 1\nupstreams: {{app: {{url: "http://127.0.0.1:{port}"}}}}\n'
-            'routes: [{{name: a, match: "GET /{{p:.*}}", upstream: app}}]\n',
-            port=sock.getsockname()[1],
-        )
+    async with raw_upstream_gateway(make_gateway, serve) as gw:
         resp = await asyncio.wait_for(gw.get("/events"), 5)  # returns once the head is in
         assert resp.status == 200 and resp.headers["X-Kind"] == "stream"
         release.set()
@@ -294,8 +300,6 @@ async def test_streamed_head_reaches_the_client_before_the_body(make_gateway: Ga
             head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 5)
             assert head.startswith(b"HTTP/1.1 200 ") and b"\r\nContent-Length: 5000\r\n" in head
         writer.close()
-    finally:
-        server.close()
 
 
 def test_the_one_write_response_still_has_aiohttps_switch() -> None:
