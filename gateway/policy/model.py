@@ -9,6 +9,7 @@ import ipaddress
 import re
 from collections.abc import Iterator
 from typing import Annotated, Any, Literal
+from urllib.parse import urlsplit
 
 from pydantic import (
     BaseModel,
@@ -54,10 +55,25 @@ class Storage(Strict):
     @field_validator("redis_url")
     @classmethod
     def _url(cls, value: str | None) -> str | None:
+        """Checked here so that `gateway check` and a reload catch it, not the first Redis call; the URL is
+        shown with its credentials masked (errors reach logs, the reload answer and the audit trail)."""
         if value is None or value.strip() == "":
             return None
+        shown = re.sub(r"//[^/@]*@", "//***@", value)
         if not re.match(r"^(redis|rediss|unix)://", value):
-            raise ValueError(f"redis_url must start with redis://, rediss:// or unix://, got {value!r}")
+            raise ValueError(f"redis_url must start with redis://, rediss:// or unix://, got {shown!r}")
+        parts = urlsplit(value)
+        try:
+            parts.port  # noqa: B018 - raises for a port that is not a number in 0..65535
+        except ValueError as exc:
+            raise ValueError(f"redis_url {shown!r}: {str(exc).lower()}") from None
+        if parts.scheme == "unix":
+            if not parts.path:
+                raise ValueError(f"redis_url {shown!r} names no socket path")
+        elif not parts.hostname:
+            raise ValueError(f"redis_url {shown!r} names no host")
+        elif parts.path.strip("/") and not parts.path.strip("/").isdigit():
+            raise ValueError(f"redis_url {shown!r}: the database must be a number, got {parts.path!r}")
         return value
 
 
@@ -395,6 +411,28 @@ class Upstream(Strict):
     max_connections: Annotated[int, Field(ge=1, le=100_000)] = 256
     max_requests: Annotated[int, Field(ge=1, le=1_000_000)] = 1024
     retry_budget: Percent = 0.2
+
+    @field_validator("url", mode="before")
+    @classmethod
+    def _url(cls, value: Any) -> Any:
+        """A readable reason instead of the pattern's, and the port checked here, not at the first call."""
+        if not isinstance(value, str):
+            return value  # the type check reports it
+        shown = re.sub(r"//[^/@]*@", "//***@", value)
+        parts = urlsplit(value)
+        if parts.scheme not in ("http", "https") or "?" in value or "#" in value:
+            raise ValueError(
+                f"url must be http(s)://host[:port][/path], without query or fragment, got {shown!r}"
+            )
+        if parts.username is not None or parts.password is not None:
+            raise ValueError(f"url {shown!r} carries credentials: the gateway would never send them")
+        try:
+            parts.port  # noqa: B018 - raises for a port that is not a number in 0..65535
+        except ValueError as exc:
+            raise ValueError(f"url {shown!r}: {str(exc).lower()}") from None
+        if not parts.hostname:
+            raise ValueError(f"url {shown!r} names no host")
+        return value
 
 
 class Policy(Strict):

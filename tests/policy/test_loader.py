@@ -109,3 +109,13 @@ def test_a_document_that_is_not_a_mapping_is_refused() -> None:
     for text in ("", "- 1\n- 2\n", "just text\n"):
         with pytest.raises(PolicyError, match="must be a YAML mapping"):
             parse_policy(text)
+
+
+def test_a_bad_url_is_reported_without_its_password() -> None:
+    with_password = [path for path in BAD if "s3cret" in path.read_text()]
+    assert len(with_password) >= 3  # a Redis URL with a bad scheme, one with a bad port, an upstream URL
+    for path in with_password:
+        with pytest.raises(PolicyError) as info:
+            load_policy(path)
+        shown = " ".join(str(p) for p in info.value.problems)
+        assert "url" in shown and "s3cret" not in shown
