@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from aiohttp import web
 
+from gateway.audit import iso
 from gateway.ops.http import admin_only, json_response, problem, read_json, record_action
 from gateway.reload import RELOADER, ReloadResult, RollbackUnavailable
 
@@ -42,8 +43,16 @@ async def post_reload(request: web.Request) -> web.StreamResponse:
 
 @admin_only
 async def get_policy(request: web.Request) -> web.StreamResponse:
-    """The policy the gateway is running: version, loaded_at, source, text, the validated model, history."""
-    return json_response(request.app[RELOADER].describe())
+    """The policy the gateway is running: version, loaded_at, source, text, the validated model, history.
+
+    Times are ISO 8601 UTC, as in /api/ops/health and the audit trail.
+    """
+    body = request.app[RELOADER].describe()
+    body["loaded_at"] = iso(body["loaded_at"])
+    body["history"] = [{**entry, "loaded_at": iso(entry["loaded_at"])} for entry in body["history"]]
+    if body["last_error"] is not None:
+        body["last_error"] = {**body["last_error"], "time": iso(body["last_error"]["time"])}
+    return json_response(body)
 
 
 def add_routes(app: web.Application) -> None:

@@ -13,6 +13,7 @@ from pathlib import Path
 from aiohttp import web
 from aiohttp.test_utils import TestServer
 
+from gateway.audit import iso
 from gateway.reload import RELOADER
 from tests.conftest import FileGatewayFactory
 from tests.reload.conftest import (
@@ -122,6 +123,7 @@ async def test_invalid_yaml_changes_nothing_and_the_error_is_visible(
     shown = await running(client)
     assert shown["version"] == before and shown["file_differs"] is True
     assert shown["last_error"]["problems"] == problems  # type: ignore[index]
+    assert str(shown["last_error"]["time"]).endswith("Z")  # type: ignore[index]
     assert shown["stats"] == {"success": 0, "error": 1, "unchanged": 0}
     health = await (await client.get("/api/ops/health")).json()  # public: where the problem is, not what
     assert health["policy"]["version"] == before
@@ -343,4 +345,4 @@ async def test_get_policy_shows_what_is_running(
     model = shown["policy"]
     assert isinstance(model, dict)
     assert model["routes"][0]["match"] == "* /{path:.*}" and model["upstreams"]["a"]["timeout"] == "2s"
-    assert shown["loaded_at"] == loaded.loaded_at
+    assert shown["loaded_at"] == iso(loaded.loaded_at)  # ISO 8601 like /api/ops/health and the audit trail
