@@ -163,7 +163,9 @@ class Pipeline:
         raw = request.raw_path
         cut = raw.find("?")
         raw_path, query = (raw, "") if cut < 0 else (raw[:cut], raw[cut:])
-        path = normalize_path(raw_path)
+        # A fragment never belongs in a request target (RFC 9112 3.2): `/api/orders#x` would miss the
+        # `orders` route here yet reach its handler upstream, which drops the fragment. Envoy refuses it too.
+        path = normalize_path(raw_path) if "#" not in raw else None
         if path is None:
             outcome.error = "bad_path"
             return json_error(

@@ -127,6 +127,17 @@ _SET_BY_GATEWAY = frozenset({"x-forwarded-for", "x-forwarded-proto", "x-forwarde
 _CLIENT_ADDRESS_CLAIMS = frozenset({"forwarded", "x-real-ip"})
 
 
+def _managed(lower: str, protected: frozenset[str]) -> bool:
+    """Whether the gateway sets, strips or vouches for this header (lower-case name)."""
+    return (
+        lower in _NOT_FORWARDED
+        or lower in _SET_BY_GATEWAY
+        or lower in _CLIENT_ADDRESS_CLAIMS
+        or lower in protected
+        or lower.startswith("x-forwarded-")
+    )
+
+
 def forward_headers(
     request: web.BaseRequest,
     *,
@@ -150,6 +161,10 @@ def forward_headers(
     out: CIMultiDict[str] = CIMultiDict()
     for name, value in request.headers.items():
         lower = name.lower()
+        if "_" in lower and _managed(lower.replace("_", "-"), protected):
+            # CGI, WSGI, PHP and Rack read `X_User_Id` as `X-User-Id` (both become HTTP_X_USER_ID): an
+            # underscore spelling of a header the gateway manages would forge it past every rule below.
+            continue
         if lower in _NOT_FORWARDED or lower in nominated or lower in _SET_BY_GATEWAY:
             continue
         if lower == drop_user_header:
@@ -279,6 +294,8 @@ async def relay(
     response.headers.extend(response_headers(upstream, extra))
     if upstream.content_length is not None and "Transfer-Encoding" not in upstream.headers:
         response.content_length = upstream.content_length
+    if request.version < (1, 1) and response.content_length is None:
+        response.force_close()  # HTTP/1.0 has no chunked encoding: only the close can end the body
     await response.prepare(request)
     if whole is not None:
         await response.write_eof(whole)  # head, body and end in one write

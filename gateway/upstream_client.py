@@ -405,8 +405,14 @@ class UpstreamPool:
             waiter = loop.create_future()
             self._waiters.append(waiter)
             try:
-                remaining = None if expires is None else max(expires - loop.time(), 0.0)
-                await asyncio.wait_for(waiter, remaining)
+                # asyncio.timeout, not wait_for: on Python 3.11 wait_for swallows a cancellation that lands
+                # in the same loop turn as the wake-up, and the request would go on for a client that left.
+                async with asyncio.timeout_at(expires):
+                    await waiter
+            except BaseException:
+                if waiter.done() and not waiter.cancelled():
+                    self._wake_one()  # woken for a free slot but leaving: the next waiter gets it
+                raise
             finally:
                 if waiter in self._waiters:
                     self._waiters.remove(waiter)
@@ -416,9 +422,8 @@ class UpstreamPool:
             timeout = remaining if timeout is None else min(timeout, remaining)
         self._connecting += 1
         try:
-            _, conn = await asyncio.wait_for(
-                loop.create_connection(lambda: _Connection(self), self.host, self.port), timeout
-            )
+            async with asyncio.timeout(timeout):
+                _, conn = await loop.create_connection(lambda: _Connection(self), self.host, self.port)
         except TimeoutError:
             raise  # a TimeoutError is an OSError too: it stays a timeout
         except OSError:

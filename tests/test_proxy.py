@@ -64,6 +64,47 @@ async def test_path_is_normalised_before_routing_so_escapes_cannot_dodge_a_route
     status, _, body = await raw_request(gw.port, b"GET /../etc/passwd HTTP/1.1\r\nHost: x\r\n\r\n")
     assert status == 400
     assert json.loads(body)["error"] == "bad_path"
+    # A fragment would miss the `egress` route here yet reach the same handler upstream (which drops it).
+    for target in (b"/egress/payments/v1#x", b"/a?q=1#x"):
+        status, _, body = await raw_request(gw.port, b"GET " + target + b" HTTP/1.1\r\nHost: x\r\n\r\n")
+        assert status == 400 and json.loads(body)["error"] == "bad_path", target
+
+
+async def test_underscore_spellings_of_managed_headers_never_reach_the_upstream(gw) -> None:  # type: ignore[no-untyped-def]
+    # CGI/WSGI/PHP/Rack upstreams read X_User_Id as X-User-Id: forwarded, it would forge the gateway's own.
+    resp = await gw.get(
+        "/echo",
+        headers={
+            "X-User_Id": "admin",
+            "X_Forwarded_For": "6.6.6.6",
+            "x_real_ip": "6.6.6.6",
+            "X_Request_Id": "forged",
+            "Transfer_Encoding": "chunked",
+            "X_Custom_Thing": "kept",  # underscores in a header the gateway does not manage pass
+        },
+    )
+    sent = {k.lower(): v for k, v in (await resp.json())["headers"]}
+    assert not {"x-user_id", "x_forwarded_for", "x_real_ip", "x_request_id", "transfer_encoding"} & set(sent)
+    assert sent["x_custom_thing"] == "kept"
+    assert sent["x-forwarded-for"] == "127.0.0.1"
+
+
+async def test_an_http10_client_gets_a_streamed_body_ended_by_the_close(make_gateway: GatewayFactory) -> None:
+    async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.readuntil(b"\r\n\r\n")
+        writer.write(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n")
+        await writer.drain()
+        writer.write(b"3\r\ndef\r\n0\r\n\r\n")
+        await writer.drain()
+        writer.close()
+
+    async with raw_upstream_gateway(make_gateway, serve) as gw:
+        reader, writer = await asyncio.open_connection("127.0.0.1", gw.port)
+        writer.write(b"GET /s HTTP/1.0\r\nHost: x\r\nConnection: keep-alive\r\n\r\n")
+        # No chunked encoding in HTTP/1.0 and no length known: the body can only end with the connection.
+        answer = await asyncio.wait_for(reader.read(), 5)
+        writer.close()
+        assert answer.startswith(b"HTTP/1.0 200 ") and answer.endswith(b"\r\n\r\nabcdef")
 
 
 async def test_large_upload_streams_through_with_exact_bytes(gw) -> None:  # type: ignore[no-untyped-def]

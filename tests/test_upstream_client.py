@@ -250,3 +250,28 @@ async def test_a_body_still_coming_is_not_handed_over_whole(scripted: Callable[.
     assert response.whole_body() is None  # two bytes short: the relay must stream it
     response.release()
     await pool.close()
+
+
+async def test_a_waiter_cancelled_as_it_is_woken_leaves_and_passes_the_slot_on(
+    scripted: Callable[..., object],
+) -> None:
+    """On Python 3.11 asyncio.wait_for swallows a cancel that lands in the same loop turn as the wake-up: the
+    request of a client that had left went out anyway (and its failure counted against the breaker)."""
+    reply = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nhi"
+    server: Scripted = await scripted([reply, reply, reply])  # type: ignore[misc]
+    pool = UpstreamPool("127.0.0.1", server.port, 1)
+    held = await pool.request(
+        "GET", "/a", CIMultiDict({"Host": "h"}), None, connect_timeout=1.0, total_timeout=2.0
+    )
+    leaving = asyncio.create_task(fetch(pool))
+    waiting = asyncio.create_task(fetch(pool))
+    for _ in range(3):
+        await asyncio.sleep(0)  # both queue for the one connection
+    assert held.whole_body() == b"hi"
+    held.release()  # wakes `leaving`...
+    leaving.cancel()  # ...whose client goes away in the same turn
+    with pytest.raises(asyncio.CancelledError):
+        await leaving
+    assert await asyncio.wait_for(waiting, 2) == (200, b"hi")  # the slot went on to the next waiter
+    assert len(server.requests) == 2  # /a and the waiter's: nothing for the client that left
+    await pool.close()
