@@ -326,7 +326,7 @@ class Pipeline:
                     continue
                 outcome.error = exc.kind
                 outcome.upstream_duration = clock() - sent_at
-                if permit is not None:
+                if permit is not None and not exc.clients_fault:  # a stalled upload says nothing of it
                     permit.record_outcome(None, exc.kind, clock() - attempt_at)  # the final outcome only
                 return json_error(
                     exc.status,

@@ -36,7 +36,17 @@ class UpstreamError(Exception):
 
     @property
     def status(self) -> int:
-        return 504 if self.kind == "timeout" else 502
+        return _STATUS_OF_KIND.get(self.kind, 502)
+
+    @property
+    def clients_fault(self) -> bool:
+        """The client's body failed, not the upstream: no breaker verdict, no retry."""
+        return self.kind in ("client_timeout", "client_body")
+
+
+# 408/400: the client stalled or broke its own body; counted against the upstream, a handful of stalled
+# uploads would open its breaker for everyone.
+_STATUS_OF_KIND = {"timeout": 504, "client_timeout": 408, "client_body": 400}
 
 
 class BodyTooLarge(Exception):
@@ -181,21 +191,50 @@ def forward_headers(
 
 
 class BodyStream:
-    """The client's body streamed upstream, counted against a cap as it goes (client_max_size: read())."""
+    """The client's body streamed upstream, counted against a cap as it goes (client_max_size: read()).
+
+    It also tells whose fault a failed exchange was: `waiting` stays true while the client owes bytes (a
+    deadline passing then is the client's), `client_failed` once reading the client's body raised.
+    """
 
     def __init__(self, request: web.BaseRequest, limit: int) -> None:
         self._request = request
         self._limit = limit
         self.sent = 0
         self.too_large = False
+        self.waiting = False
+        self.client_failed = False
 
     async def __aiter__(self) -> AsyncIterator[bytes]:
-        async for chunk in self._request.content.iter_any():
+        chunks = self._request.content.iter_any().__aiter__()
+        while True:
+            self.waiting = True  # left true if the read is interrupted: the client still owed bytes
+            try:
+                chunk = await chunks.__anext__()
+            except StopAsyncIteration:
+                self.waiting = False
+                return
+            except Exception:
+                self.client_failed = True  # a malformed chunk, a reset: the client's, not the upstream's
+                raise
+            self.waiting = False
             self.sent += len(chunk)
             if self.sent > self._limit:
                 self.too_large = True
                 raise BodyTooLarge(f"request body over {self._limit} bytes")
             yield chunk
+
+
+def _blame(exc: BaseException, body: BodyStream | bytes | None) -> Exception:
+    """What a failed exchange means, once the client's own part in it is ruled in or out."""
+    if isinstance(body, BodyStream):
+        if body.too_large:
+            return BodyTooLarge("request body too large")
+        if body.client_failed:
+            return UpstreamError("client_body", "the request body could not be read from the client")
+        if body.waiting and isinstance(exc, TimeoutError):
+            return UpstreamError("client_timeout", "the client did not send its request body in time")
+    return classify(exc)
 
 
 def classify(exc: BaseException) -> UpstreamError:
@@ -235,9 +274,7 @@ async def open_upstream(
                 total_timeout=deadline.total,
             )
         except (TimeoutError, UpstreamError, OSError) as exc:
-            if isinstance(body, BodyStream) and body.too_large:
-                raise BodyTooLarge("request body too large") from None
-            raise classify(exc) from None
+            raise _blame(exc, body) from None
     try:
         return await session.request(
             method,
@@ -251,9 +288,7 @@ async def open_upstream(
     except BodyTooLarge:
         raise
     except (TimeoutError, aiohttp.ClientError, OSError) as exc:
-        if isinstance(body, BodyStream) and body.too_large:
-            raise BodyTooLarge("request body too large") from None
-        raise classify(exc) from None
+        raise _blame(exc, body) from None
 
 
 def response_headers(upstream: UpstreamReply, extra: Iterable[tuple[str, str]]) -> CIMultiDict[str]:

@@ -146,3 +146,21 @@ async def test_other_spellings_of_the_ops_namespace_are_never_proxied(
         assert status in (401, 404), target
         assert headers["content-type"].startswith("application/json")
     assert recorder.requests == []
+
+
+async def test_stalled_uploads_are_the_clients_fault_and_never_open_the_breaker(
+    make_gateway: GatewayFactory, upstream: TestServer
+) -> None:
+    """Counted against the upstream, a few uploads that stop halfway would open its breaker for everyone."""
+    gw = await make_gateway(
+        'version: 1\nupstreams: {{app: {{url: "{url}", timeout: 300ms, breaker: app}}}}\n'
+        "breakers: {{app: {{consecutive_failures: 2, reset_timeout: 60s}}}}\n"
+        'routes: [{{name: d, match: "* /{{p:.*}}", upstream: app}}]\n',
+        url=str(upstream.make_url("")).rstrip("/"),
+    )
+    stalled = b"POST /echo HTTP/1.1\r\nHost: x\r\nContent-Length: 10\r\n\r\nab"  # 8 bytes short, forever
+    answers = await asyncio.gather(*(raw_request(gw.port, stalled) for _ in range(3)))
+    for status, headers, body in answers:
+        assert status == 408 and json.loads(body)["error"] == "client_timeout"
+    resp = await gw.get("/echo")
+    assert resp.status == 200  # the breaker stayed closed
