@@ -28,6 +28,7 @@ _HIGH_WATER = 256 * 1024  # buffered upstream body bytes before the upstream soc
 _MAX_HEAD = 64 * 1024  # response head bytes (status line + headers) before the upstream is deemed broken
 _IDLE_TIMEOUT = 15.0  # seconds an idle keep-alive connection is trusted (aiohttp's keepalive_timeout)
 _BODYLESS_METHODS = frozenset({"GET", "HEAD", "OPTIONS", "TRACE", "CONNECT"})
+_IDEMPOTENT = frozenset({"GET", "HEAD", "OPTIONS", "TRACE", "PUT", "DELETE"})
 
 
 def _upstream_error(kind: str, detail: str) -> Exception:
@@ -146,6 +147,8 @@ class _Connection(asyncio.Protocol):
         self._drain: asyncio.Future[None] | None = None
         self._timer: asyncio.TimerHandle | None = None
         self._sender: asyncio.Task[None] | None = None
+        self.exchanges = 0  # completed on this connection: above 0, it came from the pool
+        self.answered = False  # any byte of a response to the current request
 
     # -- transport callbacks --
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -155,6 +158,7 @@ class _Connection(asyncio.Protocol):
         if self._head is None:
             self.abort()  # bytes nobody asked for: the connection cannot be trusted with another request
             return
+        self.answered = True
         try:
             self.parser.feed_data(data)
         except httptools.HttpParserUpgrade:
@@ -345,6 +349,8 @@ class _Connection(asyncio.Protocol):
             and not self._reading_paused
         )
         if clean:
+            self.exchanges += 1
+            self.answered = False
             self._head = None
             self._response = None
             self._reason = b""
@@ -481,14 +487,20 @@ class UpstreamPool:
             raise _upstream_error("protocol", "header value with a line break")
         loop = asyncio.get_running_loop()
         expires = None if total_timeout is None else loop.time() + total_timeout
-        conn = await self._acquire(connect_timeout, expires)
-        try:
-            return await conn.start(
-                text.encode("utf-8", "surrogateescape"), body, chunked, method == "HEAD", expires
-            )
-        except BaseException:
-            conn.finish(reusable=False)  # cancelled (client gone), timed out or failed: never reused
-            raise
+        head = text.encode("utf-8", "surrogateescape")
+        while True:
+            conn = await self._acquire(connect_timeout, expires)
+            try:
+                return await conn.start(head, body, chunked, method == "HEAD", expires)
+            except BaseException as exc:
+                conn.finish(reusable=False)  # cancelled (client gone), timed out or failed: never reused
+                # A kept-alive connection the upstream closed as it was reused, before a byte of answer:
+                # the request was never taken up. Sent again on a fresh one when that is safe (idempotent,
+                # body in hand), as browsers and aiohttp do; not blamed on the upstream.
+                stale = getattr(exc, "kind", None) == "reset" and conn.exchanges > 0 and not conn.answered
+                if stale and method in _IDEMPOTENT and (body is None or isinstance(body, bytes)):
+                    continue  # bounded: each pass takes another pooled connection, then a fresh one
+                raise
 
     async def close(self) -> None:
         """Close every connection, idle or in use."""

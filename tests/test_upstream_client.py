@@ -275,3 +275,32 @@ async def test_a_waiter_cancelled_as_it_is_woken_leaves_and_passes_the_slot_on(
     assert await asyncio.wait_for(waiting, 2) == (200, b"hi")  # the slot went on to the next waiter
     assert len(server.requests) == 2  # /a and the waiter's: nothing for the client that left
     await pool.close()
+
+
+async def test_a_pooled_connection_closed_as_it_is_reused_is_retried_only_when_safe() -> None:
+    """The keep-alive race: the upstream closes an idle connection just as a request goes out on it. Nothing
+    was taken up (not a byte of answer): an idempotent request goes again on a fresh connection; a POST,
+    which cannot be known unprocessed by the RFC's rule, fails as a reset."""
+    connections = 0
+
+    async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        nonlocal connections
+        connections += 1
+        await reader.readuntil(b"\r\n\r\n")
+        writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nhi")  # each connection: its first
+        await writer.drain()
+        await reader.readuntil(b"\r\n\r\n")  # the next one on it is never taken up
+        writer.transport.abort()
+
+    server = await asyncio.start_server(serve, "127.0.0.1", 0)
+    pool = UpstreamPool("127.0.0.1", server.sockets[0].getsockname()[1], 4)
+    try:
+        assert await fetch(pool) == (200, b"hi")
+        assert await fetch(pool) == (200, b"hi")  # went out on the pooled connection, then on a new one
+        assert connections == 2
+        with pytest.raises(UpstreamError) as info:
+            await fetch(pool, "POST", b"order")
+        assert info.value.kind == "reset" and connections == 2
+    finally:
+        await pool.close()
+        server.close()

@@ -160,7 +160,7 @@ async def test_stalled_uploads_are_the_clients_fault_and_never_open_the_breaker(
     )
     stalled = b"POST /echo HTTP/1.1\r\nHost: x\r\nContent-Length: 10\r\n\r\nab"  # 8 bytes short, forever
     answers = await asyncio.gather(*(raw_request(gw.port, stalled) for _ in range(3)))
-    for status, headers, body in answers:
+    for status, _, body in answers:
         assert status == 408 and json.loads(body)["error"] == "client_timeout"
     resp = await gw.get("/echo")
     assert resp.status == 200  # the breaker stayed closed
