@@ -191,6 +191,13 @@ class _Connection(asyncio.Protocol):
         self._wake_drain()
 
     # -- parser callbacks (httptools) --
+    def on_message_begin(self) -> None:
+        if self._complete:
+            # More bytes after a complete response, unasked for: parsed on, they would answer the next
+            # request on this connection (a split response). The connection is dropped; the complete
+            # response stands (raising here makes feed_data fail, and _fail leaves a finished body alone).
+            raise ValueError("upstream sent more than one response")
+
     def on_status(self, status: bytes) -> None:
         self._reason += status
         self._count_head(len(status))

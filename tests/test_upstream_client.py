@@ -304,3 +304,18 @@ async def test_a_pooled_connection_closed_as_it_is_reused_is_retried_only_when_s
     finally:
         await pool.close()
         server.close()
+
+
+async def test_bytes_after_a_complete_response_retire_the_connection(scripted: Callable[..., object]) -> None:
+    """A split response (an upstream bug, or injected bytes) must not answer the next request."""
+    injected = (
+        b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nhi"
+        b"HTTP/1.1 200 OK\r\nContent-Length: 6\r\n\r\nforged"
+    )
+    real = b"HTTP/1.1 200 OK\r\nContent-Length: 4\r\n\r\nreal"
+    server: Scripted = await scripted([injected, real])  # type: ignore[misc]
+    pool = UpstreamPool("127.0.0.1", server.port, 4)
+    assert await fetch(pool) == (200, b"hi")
+    assert await fetch(pool) == (200, b"real")  # not "forged": the first connection was not reused
+    assert server.connections == 2
+    await pool.close()
