@@ -7,6 +7,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from functools import lru_cache
 
+from multidict import CIMultiDictProxy
+
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 MAX_USER_ID = 128
 
@@ -65,6 +67,16 @@ def _in(address: str, networks: tuple[Network, ...]) -> bool:
     except ValueError:
         return False
     return any(ip in net for net in networks)
+
+
+def forwarded_for(headers: CIMultiDictProxy[str]) -> str | None:
+    """Every X-Forwarded-For line as one list. Repeated lines are one comma-joined field (RFC 9110 5.3), and
+    proxies that add their own line rather than extend the client's put the hop that counts in a later one:
+    reading only the first would let a client's forged line win."""
+    values = headers.getall("X-Forwarded-For", ())
+    if not values:
+        return None
+    return values[0] if len(values) == 1 else ", ".join(values)
 
 
 def user_id(value: str | None) -> str | None:

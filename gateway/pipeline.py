@@ -17,7 +17,7 @@ import orjson
 from aiohttp import web
 
 from gateway.breaker import Breaker, Permit
-from gateway.identity import Identity, user_id
+from gateway.identity import Identity, forwarded_for, user_id
 from gateway.logs import access_log, get_logger
 from gateway.outcome import Outcome
 from gateway.proxy import (
@@ -110,7 +110,7 @@ class Pipeline:
         peer = request.remote
         headers = request.headers
         resolver = runtime.resolver
-        ip = resolver.client_ip(peer, headers.get("X-Forwarded-For"))
+        ip = resolver.client_ip(peer, forwarded_for(headers))
         # The user header is a claim: believed only from identity.user_networks, else the IP stands in.
         user = user_id(headers.get(runtime.user_header)) if resolver.user_trusted(peer) else None
         identity = Identity(ip=ip, user=user)
@@ -264,7 +264,7 @@ class Pipeline:
         url = client.base + upstream_path(path, route) + query
         peer = request.remote or "unknown"
         trusted_peer = runtime.resolver.proxy_trusted(peer)
-        prior_xff = request.headers.get("X-Forwarded-For")
+        prior_xff = forwarded_for(request.headers)
         send_headers = forward_headers(
             request,
             protected=runtime.protected_headers,

@@ -97,7 +97,7 @@ def parse_request(body: Any, now: float) -> ExportRequest:
     if len(set(entities)) != len(entities):
         raise BadExport("an entity is listed twice")
     fmt = body.get("format", "json")
-    if fmt not in FORMATS:
+    if not isinstance(fmt, str) or fmt not in FORMATS:
         raise BadExport(f"format must be one of: {', '.join(FORMATS)}")
     if fmt == "csv" and len(entities) != 1:
         raise BadExport("csv holds one entity per export: ask for each entity separately")
@@ -127,7 +127,7 @@ def parse_request(body: Any, now: float) -> ExportRequest:
             raise BadExport(f"filter.{name} must be a value or a list of 1..{MAX_FILTER_VALUES} values")
         filters.append((name, tuple(values)))
     group_by = body.get("group_by")
-    if group_by is not None and group_by not in FIELDS:
+    if group_by is not None and (not isinstance(group_by, str) or group_by not in FIELDS):
         raise BadExport(f"cannot group by {group_by!r} (known: {', '.join(sorted(FIELDS))})")
     if group_by is not None and "audit" not in entities:
         raise BadExport("group_by applies to the audit entity")

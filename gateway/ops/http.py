@@ -17,6 +17,7 @@ import orjson
 from aiohttp import web
 
 from gateway.events import Event, Events
+from gateway.identity import forwarded_for
 from gateway.logs import get_logger
 from gateway.ops.auth import AdminAuth
 
@@ -120,7 +121,7 @@ def admin_only(handler: Handler) -> Handler:
         auth = request.app[ADMIN_AUTH]
         headers = request.headers
         verdict = auth.check(request.remote, headers.get("Authorization"), headers.get(auth.user_header),
-                             headers.get("X-Forwarded-For"))
+                             forwarded_for(headers))
         if verdict.status != 200:
             extra: dict[str, str] = {}
             if verdict.status == 401:

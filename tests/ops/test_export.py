@@ -205,6 +205,8 @@ async def test_state_entities(gw: Client) -> None:
             "filter.actor",
         ),
         ({"entities": ["audit"], "range": {"from": "2025-09-13"}, "group_by": "time"}, "cannot group"),
+        ({"entities": ["audit"], "range": {"from": "2025-09-13"}, "format": []}, "format"),  # not a 500
+        ({"entities": ["audit"], "range": {"from": "2025-09-13"}, "group_by": {}}, "cannot group"),
         ({"entities": ["audit"], "range": {"from": "2025-09-13"}, "limit": 0}, "limit"),
         ({"entities": ["audit"], "range": {"from": "2025-09-13"}, "since": "x"}, "unknown field"),
         ([1, 2], "JSON object"),

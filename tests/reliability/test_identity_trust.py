@@ -7,6 +7,7 @@ import json
 
 import aiohttp
 from aiohttp.test_utils import TestClient, TestServer
+from multidict import CIMultiDict
 
 from tests.conftest import GatewayFactory
 
@@ -82,3 +83,24 @@ async def test_a_trusted_proxy_keeps_its_address_headers(
     # A trusted proxy that sends no X-Forwarded-For is still trusted for the protocol it reports.
     seen = sent(await (await get_from(gw, "127.0.0.2", "/echo", {"X-Forwarded-Proto": "https"})).read())
     assert seen["x-forwarded-proto"] == "https"
+
+
+async def test_every_forwarded_for_line_counts_so_a_forged_first_line_cannot_win(
+    make_gateway: GatewayFactory, upstream: TestServer
+) -> None:
+    """A proxy that adds its own X-Forwarded-For line (rather than extending the client's) puts the hop that
+    counts in the last line: read alone, the client's forged first line made anyone an admin."""
+    gw = await make_gateway(
+        POLICY.replace("version: 1\n", "version: 1\nadmin: {{user_ids: [admin-1]}}\n"),
+        url=str(upstream.make_url("")).rstrip("/"),
+        proxies="127.0.0.2/32",
+    )
+    lines = CIMultiDict([("X-Forwarded-For", "127.0.0.1"), ("X-Forwarded-For", "203.0.113.9")])
+    async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(local_addr=("127.0.0.2", 0))) as session:
+        base = f"http://127.0.0.1:{gw.port}"
+        lines.add("X-User-Id", "admin-1")
+        async with session.get(f"{base}/api/ops/metrics", headers=lines) as resp:
+            assert resp.status == 403  # the client is 203.0.113.9, outside admin.trusted_networks
+        async with session.get(f"{base}/echo", headers=lines) as resp:
+            seen = sent(await resp.read())
+    assert seen["x-forwarded-for"] == "127.0.0.1, 203.0.113.9, 127.0.0.2"  # one list, the proxy's hop kept
