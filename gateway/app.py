@@ -13,7 +13,7 @@ from gateway import heap
 from gateway.alerts_webhook import AlertWebhook
 from gateway.audit import AuditTrail, build_audit
 from gateway.cors import add_proxy_route
-from gateway.events import Events
+from gateway.events import Event, Events
 from gateway.logs import get_logger
 from gateway.metrics import GatewayMetrics
 from gateway.ops import breakers as breaker_ops
@@ -111,7 +111,13 @@ def build_app(
     gateway = Gateway(loaded, clock=clock)
     app[GATEWAY] = gateway
     app[RELOADER] = gateway.reloader
-    app[ADMIN_AUTH] = AdminAuth(loaded.policy.admin, loaded.policy.identity)
+    auth = app[ADMIN_AUTH] = AdminAuth(loaded.policy.admin, loaded.policy.identity)
+
+    def follow_identity(event: Event) -> None:
+        if event.type == "policy_reload" and event.fields.get("result") == "success":
+            auth.follow(gateway.current().loaded.policy.identity)
+
+    gateway.events.subscribe(follow_identity)
     install_ops(app, gateway.events)
     storage = loaded.policy.storage
     audit = gateway.audit = build_audit(

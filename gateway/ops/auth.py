@@ -80,11 +80,20 @@ class AdminAuth:
         self._tokens = tuple((_digest(t), f"token:{fingerprint(t)}") for t in load_tokens(admin))
         self._user_ids = tuple((_digest(u), u) for u in admin.user_ids)
         self._networks = admin.trusted_networks
-        self._proxies = identity.trusted_proxies if identity is not None else ()
-        self._resolver = ClientResolver(self._proxies)
-        self.user_header = identity.user_header if identity is not None else "X-User-Id"
+        self._proxies: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...] = ()
+        self._resolver = ClientResolver(())
+        self.user_header = "X-User-Id"
+        if identity is not None:
+            self.follow(identity)
         self._clock = clock
         self._failures: OrderedDict[str, tuple[float, int]] = OrderedDict()
+
+    def follow(self, identity: Identity) -> None:
+        """Take a reloaded policy's identity section (trusted proxies, user header). The admin section itself
+        needs a restart; who is a proxy must not lag behind the request path's view of it."""
+        self._proxies = tuple(identity.trusted_proxies)
+        self._resolver = ClientResolver(self._proxies)
+        self.user_header = identity.user_header
 
     @property
     def has_tokens(self) -> bool:

@@ -9,7 +9,7 @@ import aiohttp
 from aiohttp.test_utils import TestClient, TestServer
 from multidict import CIMultiDict
 
-from tests.conftest import GatewayFactory
+from tests.conftest import FileGatewayFactory, GatewayFactory
 
 POLICY = """
 version: 1
@@ -104,3 +104,19 @@ async def test_every_forwarded_for_line_counts_so_a_forged_first_line_cannot_win
         async with session.get(f"{base}/echo", headers=lines) as resp:
             seen = sent(await resp.read())
     assert seen["x-forwarded-for"] == "127.0.0.1, 203.0.113.9, 127.0.0.2"  # one list, the proxy's hop kept
+
+
+async def test_a_proxy_removed_from_trust_by_a_reload_loses_the_admin_gate_too(
+    make_gateway_file: FileGatewayFactory, upstream: TestServer
+) -> None:
+    admin = "admin: {{user_ids: [admin-1], trusted_networks: [127.0.0.1/32]}}\n"
+    text = POLICY.replace("version: 1\n", "version: 1\n" + admin).format(
+        url=str(upstream.make_url("")).rstrip("/"), proxies="{proxies}"
+    )
+    client, path = await make_gateway_file(text.replace("{proxies}", "127.0.0.2/32"), watch=False)
+    claim = {"X-Forwarded-For": "127.0.0.1", "X-User-Id": "admin-1"}  # "my client is local and an admin"
+    assert (await get_from(client, "127.0.0.2", "/api/ops/policy", claim)).status == 200
+    path.write_text(text.replace("{proxies}", ""))  # 127.0.0.2 is no proxy of ours any more
+    resp = await client.post("/api/ops/reload", json={}, headers={"X-User-Id": "admin-1"})
+    assert resp.status == 200 and (await resp.json())["result"] == "success"
+    assert (await get_from(client, "127.0.0.2", "/api/ops/policy", claim)).status == 403
