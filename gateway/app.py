@@ -140,7 +140,11 @@ def build_app(
 
     app.on_shutdown.append(mark_draining)
     app[metrics_ops.METRICS] = GatewayMetrics(gateway.current, gateway.events, audit.stats)
-    pipeline = Pipeline(gateway.current, observers=[slo_observer(gateway.current), health.observe])
+    pipeline = Pipeline(
+        gateway.current,
+        observers=[slo_observer(gateway.current), health.observe],
+        reject_escaped_slashes=server.escaped_slashes == "reject",
+    )
 
     async def lifecycle(_: web.Application) -> AsyncIterator[None]:
         await gateway.start()

@@ -34,6 +34,7 @@ from gateway.runtime import CompiledRoute, Runtime
 
 log = get_logger("gateway.request")
 _REQUEST_ID = re.compile(r"^[A-Za-z0-9._:\-]{1,128}$")
+_ESCAPED_SLASH = re.compile(r"%(?:2F|5C)")  # normalize_path has upper-cased every escape
 Observer = Callable[[Outcome, Identity], None]
 
 
@@ -91,9 +92,16 @@ def may_retry(route: CompiledRoute) -> bool:
 class Pipeline:
     """The catch-all handler. Reads the current runtime once per request through `current()`."""
 
-    def __init__(self, current: Callable[[], Runtime], observers: list[Observer]) -> None:
+    def __init__(
+        self,
+        current: Callable[[], Runtime],
+        observers: list[Observer],
+        *,
+        reject_escaped_slashes: bool = True,
+    ) -> None:
         self._current = current
         self._observers = observers
+        self._reject_escaped_slashes = reject_escaped_slashes  # server.escaped_slashes (a restart setting)
 
     def _emit(self, outcome: Outcome, identity: Identity) -> None:
         for observer in self._observers:
@@ -166,6 +174,8 @@ class Pipeline:
         # A fragment never belongs in a request target (RFC 9112 3.2): `/api/orders#x` would miss the
         # `orders` route here yet reach its handler upstream, which drops the fragment. Envoy refuses it too.
         path = normalize_path(raw_path) if "#" not in raw else None
+        if path is not None and "%" in path and self._reject_escaped_slashes and _ESCAPED_SLASH.search(path):
+            path = None  # server.escaped_slashes: reject (a decoding upstream would see another route)
         if path is None:
             outcome.error = "bad_path"
             return json_error(

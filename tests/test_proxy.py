@@ -14,6 +14,7 @@ import aiohttp
 import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
+from yarl import URL
 
 from gateway.perf.local import free_port
 from gateway.proxy import OneWriteResponse
@@ -65,9 +66,22 @@ async def test_path_is_normalised_before_routing_so_escapes_cannot_dodge_a_route
     assert status == 400
     assert json.loads(body)["error"] == "bad_path"
     # A fragment would miss the `egress` route here yet reach the same handler upstream (which drops it).
-    for target in (b"/egress/payments/v1#x", b"/a?q=1#x"):
+    # So would an escaped slash, for an upstream that decodes it (WSGI, PHP): server.escaped_slashes reject.
+    for target in (b"/egress/payments/v1#x", b"/a?q=1#x", b"/egress%2Fpayments/v1", b"/egress%5cpayments/v1"):
         status, _, body = await raw_request(gw.port, b"GET " + target + b" HTTP/1.1\r\nHost: x\r\n\r\n")
         assert status == 400 and json.loads(body)["error"] == "bad_path", target
+
+
+async def test_escaped_slashes_kept_when_the_policy_says_so(
+    make_gateway: GatewayFactory, upstream: TestServer
+) -> None:
+    gw = await make_gateway(
+        'version: 1\nserver: {{escaped_slashes: keep}}\nupstreams: {{app: {{url: "{url}"}}}}\n'
+        'routes: [{{name: a, match: "GET /{{p:.*}}", upstream: app}}]\n',
+        url=str(upstream.make_url("")).rstrip("/"),
+    )
+    resp = await gw.get(URL("/projects/group%2Fname", encoded=True))
+    assert resp.status == 200 and (await resp.json())["raw_path"] == "/projects/group%2Fname"
 
 
 async def test_underscore_spellings_of_managed_headers_never_reach_the_upstream(gw) -> None:  # type: ignore[no-untyped-def]
