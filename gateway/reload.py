@@ -150,6 +150,18 @@ def policy_dump(policy: Policy) -> dict[str, Any]:
     return dump
 
 
+def policy_text(loaded: LoadedPolicy) -> str:
+    """The file as loaded, with the same secrets masked as in `policy_dump` where the file spells them out
+    (a password in storage.redis_url, the token path of alerts.webhook_url)."""
+    text = loaded.text
+    policy = loaded.policy
+    for url, whole_path in ((policy.storage.redis_url, False), (policy.alerts.webhook_url, True)):
+        masked = _redact_url(url, whole_path=whole_path)
+        if url and masked and masked != url:
+            text = text.replace(url, masked)
+    return text
+
+
 async def _start_all(objects: Iterable[object]) -> None:
     for obj in objects:
         start = getattr(obj, "start", None)
@@ -274,7 +286,7 @@ class Reloader:
             "source": running.source,
             "history": [{"version": p.version, "loaded_at": p.loaded_at} for p in reversed(self._history)],
             "stats": self.stats(),
-            "text": running.text,
+            "text": policy_text(running),
             "policy": policy_dump(running.policy),
         }
 

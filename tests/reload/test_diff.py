@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from gateway.policy.loader import LoadedPolicy, parse_policy
-from gateway.reload import diff_policies, grace_period, policy_dump
+from gateway.reload import diff_policies, grace_period, policy_dump, policy_text
 from gateway.runtime import build_runtime
 
 BASE = """version: 1
@@ -59,10 +59,16 @@ def test_the_dump_masks_secrets_that_urls_carry() -> None:
         'version: 1\nstorage: {redis_url: "redis://:s3cret@127.0.0.1:6379/0"}\n'
         'alerts: {webhook_url: "https://hooks.example.com/services/T000/B000/XXXXSECRET"}\n',
     )
-    dump = policy_dump(parse_policy(text))
+    policy = parse_policy(text)
+    dump = policy_dump(policy)
     assert dump["storage"]["redis_url"] == "redis://:***@127.0.0.1:6379/0"
     assert dump["alerts"]["webhook_url"] == "https://hooks.example.com/***"
     assert "s3cret" not in str(dump) and "SECRET" not in str(dump)
+    # The file's own text, shown beside the model by GET /api/ops/policy, is masked the same way.
+    shown = policy_text(LoadedPolicy(policy=policy, source="<test>", text=text, version="x"))
+    assert 'redis_url: "redis://:***@127.0.0.1:6379/0"' in shown
+    assert 'webhook_url: "https://hooks.example.com/***"' in shown
+    assert "s3cret" not in shown and "SECRET" not in shown
 
 
 async def test_the_grace_period_outlasts_the_slowest_route_with_its_retries() -> None:
