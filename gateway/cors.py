@@ -100,8 +100,17 @@ def add_proxy_route(app: web.Application, handler: ProxyHandler, cors: Cors | No
             for name in _UPSTREAM_CORS:
                 response.headers.popall(name, None)
 
+    async def vary_on_origin(request: web.Request, response: web.StreamResponse) -> None:
+        # The answer names one origin of several: a shared cache must not hand it to another origin.
+        allowed = response.headers.get(hdrs.ACCESS_CONTROL_ALLOW_ORIGIN)
+        if request.match_info.route is route and allowed not in (None, "*"):
+            varies = ",".join(response.headers.getall(hdrs.VARY, ()))
+            if "origin" not in varies.lower() and varies.strip() != "*":
+                response.headers.add(hdrs.VARY, hdrs.ORIGIN)
+
     # Registered before aiohttp-cors's own hook (setup adds it), so it runs first.
     app.on_response_prepare.append(drop_upstream_cors)
     setup = aiohttp_cors.setup(app)
     setup.add(route)
+    app.on_response_prepare.append(vary_on_origin)  # after aiohttp-cors has set Allow-Origin
     return route

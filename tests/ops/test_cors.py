@@ -47,6 +47,7 @@ async def test_preflight_from_an_allowed_origin_is_answered_by_the_gateway(
     assert resp.headers["Access-Control-Allow-Headers"].upper() == "CONTENT-TYPE"
     assert resp.headers["Access-Control-Allow-Credentials"] == "true"
     assert resp.headers["Access-Control-Max-Age"] == "600"
+    assert resp.headers["Vary"] == "Origin"  # the answer names one origin: caches must key on it
     assert upstream.app[RECORDER].requests == []  # never reached the upstream
 
 
@@ -87,6 +88,7 @@ async def test_actual_request_gets_cors_headers_and_upstream_ones_are_replaced(
         assert resp.headers["Access-Control-Allow-Credentials"] == "true"
         assert "X-Request-Id" in resp.headers["Access-Control-Expose-Headers"]
         assert "Access-Control-Allow-Methods" not in resp.headers
+        assert resp.headers.getall("Vary") == ["Origin"]  # else a shared cache serves it to other origins
         other = await gw.get("/api/things", headers={"Origin": "https://evil.example.net"})
         assert other.status == 200 and "Access-Control-Allow-Origin" not in other.headers
     finally:
