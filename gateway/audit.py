@@ -1,6 +1,7 @@
 """The audit trail: every domain event stored append-only and durably, readable back by time range.
 
-Where: a Redis Stream (`<key_prefix>:audit`, XADD with MAXLEN ~ `audit.max_events`, trimmed by age with MINID)
+Where: Redis Streams (`<key_prefix>:audit`, and `<key_prefix>:audit:rate_limit_hit` for the record of each
+429; XADD with MAXLEN ~ `audit.max_events` each, trimmed by age with MINID)
 when `storage.redis_url` is set, else JSON-lines files under `audit.dir` (rotated by size, deleted by age).
 
 The request path never waits for storage: the subscriber appends to a bounded in-memory queue (a full queue
@@ -227,8 +228,16 @@ class FileStore:
         await asyncio.to_thread(self._close_handle)
 
 
+_HIT = b'"type":"rate_limit_hit"'
+
+
 class RedisStore:
-    """One Redis Stream; each entry holds the record's JSON in field `e`."""
+    """Redis Streams; each entry holds the record's JSON in field `e`.
+
+    rate_limit_hit records, one per refusal and so as many as an anonymous client cares to cause, go to a
+    stream of their own (`<key>:rate_limit_hit`) under the same caps: a flood of 429s trims that stream, never
+    the one holding admin actions, reloads and breaker changes. Reads merge the two by time.
+    """
 
     kind = "redis"
 
@@ -237,6 +246,7 @@ class RedisStore:
         *, cluster: bool = False,
     ) -> None:
         self.key = key
+        self.hits_key = f"{key}:rate_limit_hit"
         self._max_events = settings.max_events
         self._max_age = settings.max_age
         self._clock = clock
@@ -253,15 +263,40 @@ class RedisStore:
         """XADD every record in one round trip (capped by MAXLEN ~); trim by age at most once a minute."""
         pipe = self.redis.pipeline(transaction=False)
         for line in lines:
-            pipe.xadd(self.key, {"e": line}, maxlen=self._max_events, approximate=True)
+            key = self.hits_key if _HIT in line[:80] else self.key  # "type" follows the fixed-width "time"
+            pipe.xadd(key, {"e": line}, maxlen=self._max_events, approximate=True)
         now = self._clock()
         if now - self._trimmed_at > 60:
-            pipe.xtrim(self.key, minid=int((now - self._max_age) * 1000), approximate=True)
+            for key in (self.key, self.hits_key):
+                pipe.xtrim(key, minid=int((now - self._max_age) * 1000), approximate=True)
             self._trimmed_at = now
         await pipe.execute()
 
     async def scan(self, start: float, end: float) -> AsyncIterator[list[Record]]:
-        """Pages of records with start <= time <= end read with XRANGE, oldest first.
+        """Pages of records with start <= time <= end from both streams, merged by time, oldest first."""
+        streams = [self._scan(key, start, end).__aiter__() for key in (self.key, self.hits_key)]
+        heads: list[deque[Record]] = [deque(), deque()]
+        ended = [False, False]
+        page: list[Record] = []
+        while True:
+            for i, stream in enumerate(streams):
+                while not heads[i] and not ended[i]:
+                    try:
+                        heads[i].extend(await stream.__anext__())
+                    except StopAsyncIteration:
+                        ended[i] = True
+            live = [head for head in heads if head]
+            if not live:
+                break
+            page.append(min(live, key=lambda head: str(head[0].get("time", ""))).popleft())
+            if len(page) >= PAGE:
+                yield page
+                page = []
+        if page:
+            yield page
+
+    async def _scan(self, key: str, start: float, end: float) -> AsyncIterator[list[Record]]:
+        """Pages of one stream's records with start <= time <= end read with XRANGE, oldest first.
 
         A stream id is Redis's clock when the entry was written, never before the event (give or take clock
         skew): ids start the range. A write delayed by an outage has ids later than its events, so the end
@@ -270,7 +305,7 @@ class RedisStore:
         low, high, beyond = iso(start), iso(end), iso(end + SLACK)
         cursor = str(max(0, int((start - SLACK) * 1000)))
         while True:
-            entries = await self.redis.xrange(self.key, min=cursor, max="+", count=PAGE)
+            entries = await self.redis.xrange(key, min=cursor, max="+", count=PAGE)
             if not entries:
                 return
             page, past = [], False

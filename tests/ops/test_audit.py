@@ -123,6 +123,26 @@ async def test_a_torn_last_line_from_a_crash_is_skipped_and_writing_resumes(tmp_
     await again.close()
 
 
+async def test_a_flood_of_refusals_cannot_push_admin_actions_out_of_the_redis_trail(redis_url: str) -> None:
+    """One record per 429 is as many records as an anonymous client cares to cause: they are capped in a
+    stream of their own, and what admins did stays readable, in time order with the rest."""
+    key = f"test-{uuid.uuid4().hex}:audit"
+    store = RedisStore(redis_url, key, Audit(max_events=100), timeout=1.0)
+    now = time.time()
+    admin = b'{"time":"%s","type":"admin_action","action":"breaker.open"}' % iso(now).encode()
+    hits = [b'{"time":"%s","type":"rate_limit_hit","n":%d}' % (iso(now + 1 + i / 1000).encode(), i)
+            for i in range(1000)]
+    await store.append([admin])
+    for i in range(0, 1000, 100):
+        await store.append(hits[i : i + 100])
+    records = await everything(store)
+    assert records[0]["type"] == "admin_action" and records[0]["action"] == "breaker.open"
+    kept = [r["n"] for r in records[1:]]
+    assert 100 <= len(kept) < 1000 and kept == sorted(kept) and kept[-1] == 999  # capped, newest kept
+    await store.redis.delete(key, store.hits_key)
+    await store.close()
+
+
 async def test_redis_stream_is_trimmed_by_age(redis_url: str) -> None:
     clock = ManualClock(time.time())
     key = f"test-{uuid.uuid4().hex}:audit"
@@ -215,5 +235,5 @@ async def test_a_frozen_redis_does_not_slow_requests_and_loses_nothing_once_back
         private_redis.thaw()
     assert await trail.flush(within=10.0)
     client = aioredis.Redis.from_url(private_redis.url)
-    assert await client.xlen("gw:audit") >= 50
+    assert await client.xlen("gw:audit:rate_limit_hit") >= 50  # refusals have their own stream
     await client.aclose()
