@@ -85,27 +85,26 @@ class UpstreamResponse:
             self._error = exc
             self._wake()
 
-    def whole_body(self) -> bytes | None:
-        """The entire body when it has already arrived (the usual small response), else None."""
-        if not self._eof or self._error is not None:
-            return None
+    def _take(self) -> bytes:
+        """Everything buffered, as one bytes object; reading resumes if the high-water mark paused it."""
         chunks = self._chunks
         data = chunks.popleft() if len(chunks) == 1 else b"".join(chunks)
         chunks.clear()
         self._size = 0
-        self._conn.resume_reading()  # paused at the high-water mark: the connection must be reusable
+        self._conn.resume_reading()
         return data
+
+    def whole_body(self) -> bytes | None:
+        """The entire body when it has already arrived (the usual small response), else None."""
+        if not self._eof or self._error is not None:
+            return None
+        return self._take()
 
     async def iter_any(self) -> AsyncIterator[bytes]:
         """Yield body bytes as they arrive (everything buffered at once); raise on a cut or deadline."""
-        chunks = self._chunks
         while True:
-            if chunks:
-                data = chunks.popleft() if len(chunks) == 1 else b"".join(chunks)
-                chunks.clear()
-                self._size = 0
-                self._conn.resume_reading()
-                yield data
+            if self._chunks:
+                yield self._take()
                 continue
             if self._error is not None:
                 raise self._error

@@ -9,7 +9,7 @@ import ipaddress
 import re
 from collections.abc import Iterator
 from typing import Annotated, Any, Literal
-from urllib.parse import urlsplit
+from urllib.parse import SplitResult, urlsplit
 
 from pydantic import (
     BaseModel,
@@ -40,6 +40,19 @@ class Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
+def _masked(url: str) -> str:
+    """A URL for an error message: its credentials masked (errors reach logs, reload answers, the audit)."""
+    return re.sub(r"//[^/@]*@", "//***@", url)
+
+
+def _check_port(parts: SplitResult, what: str) -> None:
+    """Raise a readable ValueError for a port that is not a number in 0..65535."""
+    try:
+        parts.port  # noqa: B018 - the property raises
+    except ValueError as exc:
+        raise ValueError(f"{what}: {str(exc).lower()}") from None
+
+
 class Storage(Strict):
     """Where rate-limit buckets and overrides live: Redis (shared by replicas) or in-process (one gateway)."""
 
@@ -59,14 +72,11 @@ class Storage(Strict):
         shown with its credentials masked (errors reach logs, the reload answer and the audit trail)."""
         if value is None or value.strip() == "":
             return None
-        shown = re.sub(r"//[^/@]*@", "//***@", value)
+        shown = _masked(value)
         if not re.match(r"^(redis|rediss|unix)://", value):
             raise ValueError(f"redis_url must start with redis://, rediss:// or unix://, got {shown!r}")
         parts = urlsplit(value)
-        try:
-            parts.port  # noqa: B018 - raises for a port that is not a number in 0..65535
-        except ValueError as exc:
-            raise ValueError(f"redis_url {shown!r}: {str(exc).lower()}") from None
+        _check_port(parts, f"redis_url {shown!r}")
         if parts.scheme == "unix":
             if not parts.path:
                 raise ValueError(f"redis_url {shown!r} names no socket path")
@@ -421,7 +431,7 @@ class Upstream(Strict):
         """A readable reason instead of the pattern's, and the port checked here, not at the first call."""
         if not isinstance(value, str):
             return value  # the type check reports it
-        shown = re.sub(r"//[^/@]*@", "//***@", value)
+        shown = _masked(value)
         parts = urlsplit(value)
         if parts.scheme not in ("http", "https") or "?" in value or "#" in value:
             raise ValueError(
@@ -429,10 +439,7 @@ class Upstream(Strict):
             )
         if parts.username is not None or parts.password is not None:
             raise ValueError(f"url {shown!r} carries credentials: the gateway would never send them")
-        try:
-            parts.port  # noqa: B018 - raises for a port that is not a number in 0..65535
-        except ValueError as exc:
-            raise ValueError(f"url {shown!r}: {str(exc).lower()}") from None
+        _check_port(parts, f"url {shown!r}")
         if not parts.hostname:
             raise ValueError(f"url {shown!r} names no host")
         return value
