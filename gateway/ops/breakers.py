@@ -25,23 +25,28 @@ async def list_breakers(request: web.Request) -> web.StreamResponse:
     return json_response({"breakers": [b.snapshot() for b in breakers.values()]})
 
 
+def _named(request: web.Request) -> Breaker | web.Response:
+    """The breaker the path names, or the 404 to answer."""
+    name = request.match_info["name"]
+    breaker = request.app[BREAKERS]().get(name)
+    return breaker if breaker is not None else problem(404, "unknown_breaker", f"no breaker named {name!r}")
+
+
 @admin_only
 async def show_breaker(request: web.Request) -> web.StreamResponse:
     """One breaker's state and counters."""
-    name = request.match_info["name"]
-    breaker = request.app[BREAKERS]().get(name)
-    if breaker is None:
-        return problem(404, "unknown_breaker", f"no breaker named {name!r}")
+    breaker = _named(request)
+    if isinstance(breaker, web.Response):
+        return breaker
     return json_response(breaker.snapshot())
 
 
 @admin_only
 async def control_breaker(request: web.Request) -> web.StreamResponse:
     """Apply a manual action to one breaker; `admin_only` audits it as an `admin_action` event."""
-    name = request.match_info["name"]
-    breaker = request.app[BREAKERS]().get(name)
-    if breaker is None:
-        return problem(404, "unknown_breaker", f"no breaker named {name!r}")
+    breaker = _named(request)
+    if isinstance(breaker, web.Response):
+        return breaker
     data = await read_json(request, max_bytes=4096)
     action = data.get("action") if isinstance(data, dict) else None
     if action not in ACTIONS or (isinstance(data, dict) and set(data) - {"action"}):
@@ -55,8 +60,8 @@ async def control_breaker(request: web.Request) -> web.StreamResponse:
     else:
         breaker.reset()
     snapshot = breaker.snapshot()
-    record_action(request, f"breaker.{action}", before={"breaker": name, "state": before},
-                  after={"breaker": name, "state": snapshot["state"]})
+    record_action(request, f"breaker.{action}", before={"breaker": breaker.name, "state": before},
+                  after={"breaker": breaker.name, "state": snapshot["state"]})
     return json_response(snapshot)
 
 
