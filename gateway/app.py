@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import time
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
@@ -23,11 +22,11 @@ from gateway.ops import metrics as metrics_ops
 from gateway.ops import policy as policy_ops
 from gateway.ops import ratelimits as ratelimit_ops
 from gateway.ops.auth import AdminAuth
-from gateway.ops.http import ADMIN_AUTH
+from gateway.ops.http import ADMIN_AUTH, GATEWAY_VIEW
 from gateway.ops.http import install as install_ops
 from gateway.pipeline import Pipeline
 from gateway.policy.loader import LoadedPolicy
-from gateway.reload import RELOADER, Reloader, ReloadResult
+from gateway.reload import RELOADER, Reloader, ReloadResult, close_all
 from gateway.runtime import Runtime, build_runtime
 from gateway.slo import slo_observer
 
@@ -55,8 +54,7 @@ class Gateway:
 
     async def start(self) -> None:
         self.runtime = self.build(self.loaded)
-        if self.runtime.limiter is not None:
-            await self.runtime.limiter.start()
+        await self.runtime.start()
         heap.settle()  # the policy and everything built from it: out of the collector's full passes
 
     def current(self) -> Runtime:
@@ -79,9 +77,7 @@ class Gateway:
     async def close(self) -> None:
         await self.reloader.close()  # first: no reload may swap in while the runtime closes
         if self.runtime is not None:
-            await asyncio.gather(*(client.close() for client in self.runtime.clients.values()))
-            if self.runtime.limiter is not None:
-                await self.runtime.limiter.close()
+            await close_all(self.runtime.retired_by(None))
 
 
 GATEWAY = web.AppKey("gateway", Gateway)
@@ -109,7 +105,7 @@ def build_app(
         },
     )
     gateway = Gateway(loaded, clock=clock)
-    app[GATEWAY] = gateway
+    app[GATEWAY] = app[GATEWAY_VIEW] = gateway
     app[RELOADER] = gateway.reloader
     auth = app[ADMIN_AUTH] = AdminAuth(loaded.policy.admin, loaded.policy.identity)
 

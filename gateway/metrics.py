@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Iterator
-from typing import Any, Protocol
+from typing import Any
 
 from prometheus_client import CollectorRegistry, ProcessCollector
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
@@ -20,7 +20,7 @@ from prometheus_client.registry import Collector
 
 from gateway.events import Event, Events
 from gateway.logs import get_logger
-from gateway.policy.model import Policy
+from gateway.runtime import Runtime
 from gateway.slo import SloRecorder
 
 log = get_logger("gateway.metrics")
@@ -28,16 +28,6 @@ log = get_logger("gateway.metrics")
 BREAKER_STATE_VALUES = {"closed": 0, "half_open": 1, "open": 2}
 STATUS_CLASSES = ("other", "1xx", "2xx", "3xx", "4xx", "5xx")
 MAX_EVENT_LABELS = 1000  # distinct label values kept per event counter; the rest are counted under "other"
-
-
-class RuntimeView(Protocol):
-    """What the collector reads from a runtime (attributes other teams add are read defensively)."""
-
-    @property
-    def policy(self) -> Policy: ...
-
-    @property
-    def slo(self) -> SloRecorder | None: ...
 
 
 class _Counts:
@@ -69,7 +59,7 @@ class GatewayMetrics:
 
     def __init__(
         self,
-        current: Callable[[], RuntimeView],
+        current: Callable[[], Runtime],
         events: Events,
         audit_stats: Callable[[], dict[str, Any]] | None = None,
     ) -> None:
@@ -78,7 +68,6 @@ class GatewayMetrics:
         self.breaches = _Counts()  # (limit,)
         self.shadow_breaches = _Counts()  # (limit,)
         self.transitions = _Counts()  # (breaker, from, to)
-        self.last_breaker_state: dict[str, str] = {}
         self.reloads = _Counts()  # (result,)
         self.last_reload_success: float | None = None
         self.redis_changes = _Counts()  # (to,)
@@ -88,7 +77,7 @@ class GatewayMetrics:
         self.registry.register(_GatewayCollector(self))
         ProcessCollector(registry=self.registry)
 
-    def runtime(self) -> RuntimeView:
+    def runtime(self) -> Runtime:
         """The runtime the request path currently reads."""
         return self._current()
 
@@ -101,8 +90,6 @@ class GatewayMetrics:
         elif kind == "circuit_state_change":
             breaker, to = _text(fields.get("breaker")), _text(fields.get("to"))
             self.transitions.inc(breaker, _text(fields.get("from")), to)
-            if breaker in self.last_breaker_state or len(self.last_breaker_state) < MAX_EVENT_LABELS:
-                self.last_breaker_state[breaker] = to
         elif kind == "policy_reload":
             result = "success" if fields.get("result") == "success" else "error"
             self.reloads.inc(result)
@@ -121,26 +108,11 @@ class GatewayMetrics:
     # -- the ops JSON view (/api/ops/metrics) --
 
     def breakers(self) -> dict[str, dict[str, Any]]:
-        """name -> {state, failures, opened_at, retry_in, ...}: each breaker's own snapshot when the runtime
-        has breaker objects, else what the events said (state only)."""
-        runtime = self.runtime()
-        objects = getattr(runtime, "breakers", None)
+        """name -> {state, failures, opened_at, retry_in, ...}: each breaker's snapshot, without its name."""
         out: dict[str, dict[str, Any]] = {}
-        if isinstance(objects, dict) and objects:
-            for name, breaker in sorted(objects.items()):
-                snap = dict(breaker.snapshot())
-                snap.pop("name", None)
-                out[name] = {
-                    "state": snap.pop("state", "closed"),
-                    "failures": snap.pop("failures", None),
-                    "opened_at": snap.pop("opened_at", None),
-                    "retry_in": snap.pop("retry_in", None),
-                    **snap,
-                }
-            return out
-        for name in sorted(runtime.policy.breakers):
-            out[name] = {"state": self.last_breaker_state.get(name, "closed"), "failures": None,
-                         "opened_at": None, "retry_in": None}
+        for name, snap in self.runtime().breaker_snapshots().items():
+            snap.pop("name", None)
+            out[name] = snap
         return out
 
     def ops_report(self) -> dict[str, Any]:
@@ -148,15 +120,14 @@ class GatewayMetrics:
         runtime = self.runtime()
         metrics: dict[str, Any] = {}
         slo = runtime.slo
-        statuses = slo.status() if slo is not None else {}
-        if slo is not None:
-            metrics.update(slo.flat(statuses))
+        statuses = slo.status()
+        metrics.update(slo.flat(statuses))
         metrics["rate_limit_breaches_total"] = self.breaches.total()
         metrics["rate_limit_breaches"] = {k[0]: v for k, v in sorted(self.breaches.values.items())}
         metrics["rate_limit_shadow_breaches_total"] = self.shadow_breaches.total()
         metrics["circuit_breakers"] = self.breakers()
         metrics["routes"] = statuses
-        metrics["window_seconds"] = slo.window if slo is not None else None
+        metrics["window_seconds"] = slo.window
         return {"metrics": metrics, "generated_at": time.time()}
 
 
@@ -194,7 +165,7 @@ class _GatewayCollector(Collector):
         yield GaugeMetricFamily("gateway_audit_queue_events", "Audit events waiting to be written.",
                                 value=stats.get("queued", 0))
 
-    def _slo(self, slo: SloRecorder | None) -> Iterator[Metric]:
+    def _slo(self, slo: SloRecorder) -> Iterator[Metric]:
         duration = HistogramMetricFamily(
             "gateway_request_duration_seconds",
             "From the first byte of the request in to the last byte of the response out.",
@@ -218,7 +189,7 @@ class _GatewayCollector(Collector):
         throttled = CounterMetricFamily(
             "gateway_requests_throttled", "Requests answered 429.", labels=["route", "method"]
         )
-        for s in slo.all_series() if slo is not None else ():
+        for s in slo.all_series():
             labels = [s.route, s.method]
             les = self._les(s.bounds)
             for family, counts, total_sum in (
@@ -238,7 +209,7 @@ class _GatewayCollector(Collector):
             throttled.add_metric(labels, s.throttled_total)
         yield from (duration, upstream, requests, errors, throttled)
 
-    def _breakers(self, runtime: RuntimeView) -> Iterator[Metric]:
+    def _breakers(self, runtime: Runtime) -> Iterator[Metric]:
         state = GaugeMetricFamily(
             "gateway_circuit_breaker_state", "Circuit breaker state: 0 closed, 1 half_open, 2 open.",
             labels=["breaker"],
@@ -286,52 +257,35 @@ class _GatewayCollector(Collector):
                 "Unix time of the last successful policy reload.", value=owner.last_reload_success,
             )
 
-    def _limiter(self, runtime: RuntimeView) -> Iterator[Metric]:
-        # The rate-limit team's `Runtime.limiter.stats()`: read only the counters whose meaning is agreed.
-        limiter = getattr(runtime, "limiter", None)
-        stats_of = getattr(limiter, "stats", None)
-        if not callable(stats_of):
-            return
-        try:
-            stats = stats_of()
-        except Exception:  # a component's bug must not take the whole scrape down
-            log.exception("limiter_stats_failed")
-            return
-        if not isinstance(stats, dict):
-            return
-        checks = stats.get("checks")
-        if isinstance(checks, int):
-            yield CounterMetricFamily("gateway_rate_limit_checks", "Requests checked against rate limits.",
-                                      value=checks)
-        fallbacks = stats.get("fallbacks")
-        if isinstance(fallbacks, dict):
-            family = CounterMetricFamily(
-                "gateway_rate_limit_fallbacks", "Limit checks decided without Redis, by action.",
-                labels=["action"],
-            )
-            for action, n in sorted(fallbacks.items()):
-                family.add_metric([str(action)], n)
-            yield family
-        buckets = stats.get("local_buckets")
-        if isinstance(buckets, int):
-            yield GaugeMetricFamily("gateway_rate_limit_local_buckets", "In-process token buckets held.",
-                                    value=buckets)
-        redis = stats.get("redis")
-        if isinstance(redis, dict):  # None when no Redis is configured
+    def _limiter(self, runtime: Runtime) -> Iterator[Metric]:
+        stats = runtime.limiter.stats()
+        yield CounterMetricFamily("gateway_rate_limit_checks", "Requests checked against rate limits.",
+                                  value=stats["checks"])
+        family = CounterMetricFamily(
+            "gateway_rate_limit_fallbacks", "Limit checks decided without Redis, by action.",
+            labels=["action"],
+        )
+        for action, n in sorted(stats["fallbacks"].items()):
+            family.add_metric([action], n)
+        yield family
+        yield GaugeMetricFamily("gateway_rate_limit_local_buckets", "In-process token buckets held.",
+                                value=stats["local_buckets"])
+        redis = stats["redis"]
+        if redis is not None:
             yield CounterMetricFamily(
                 "gateway_redis_errors", "Rate limiter Redis calls that failed or timed out.",
-                value=int(redis.get("errors") or 0),
+                value=redis["errors"],
             )
             yield CounterMetricFamily(
                 "gateway_redis_skipped", "Limit checks that skipped Redis while it was down.",
-                value=int(redis.get("skipped") or 0),
+                value=redis["skipped"],
             )
             yield CounterMetricFamily(
                 "gateway_redis_round_trips",
                 "Batched writes of rate-limit checks to Redis (checks per round trip: how well they batch).",
-                value=int(redis.get("round_trips") or 0),
+                value=redis["round_trips"],
             )
             yield GaugeMetricFamily(
                 "gateway_redis_up", "1 when the rate limiter's Redis is reachable, else 0.",
-                value=1.0 if redis.get("up") else 0.0,
+                value=1.0 if redis["up"] else 0.0,
             )

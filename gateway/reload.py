@@ -16,7 +16,6 @@ loads the file again).
 from __future__ import annotations
 
 import asyncio
-import inspect
 import signal
 import threading
 import time
@@ -35,7 +34,7 @@ from gateway.logs import get_logger
 from gateway.policy.loader import LoadedPolicy, PolicyError, Problem, load_policy, parse_policy
 from gateway.policy.model import Policy
 from gateway.policy.watcher import DEFAULT_INTERVAL, PolicyWatcher, content_version
-from gateway.runtime import Runtime, objects_only_in
+from gateway.runtime import Resource, Runtime
 
 log = get_logger("gateway.reload")
 
@@ -123,11 +122,7 @@ def grace_period(runtime: Runtime, extra: float = GRACE_EXTRA) -> float:
     """How long a retired runtime's requests may still run: slowest route's timeouts and retries + `extra`."""
     longest = 0.0
     for route in runtime.routes.values():
-        retries = route.retries
-        tries = retries.attempts if retries else 1  # `attempts` counts the first try
-        # Backoff doubles per retry (gateway/retry.py), jittered down from there: this is its ceiling.
-        backoff = retries.backoff * (2 ** (tries - 1) - 1) if retries else 0.0
-        longest = max(longest, route.timeout * tries + backoff)
+        longest = max(longest, route.retries.longest(route.timeout) if route.retries else route.timeout)
     return longest + extra
 
 
@@ -162,26 +157,13 @@ def policy_text(loaded: LoadedPolicy) -> str:
     return text
 
 
-async def _start_all(objects: Iterable[object]) -> None:
-    for obj in objects:
-        start = getattr(obj, "start", None)
-        if callable(start):
-            started = start()
-            if inspect.isawaitable(started):
-                await started
-
-
-async def _close_all(objects: Iterable[object]) -> None:
-    for obj in objects:
-        close = getattr(obj, "close", None)
-        if not callable(close):
-            continue
+async def close_all(resources: Iterable[Resource]) -> None:
+    """Close each resource; one failing to close does not keep the others open."""
+    for resource in resources:
         try:
-            closed = close()
-            if inspect.isawaitable(closed):
-                await closed
-        except Exception:  # one object failing to close must not keep the others open
-            log.exception("retire_failed", object=type(obj).__name__)
+            await resource.close()
+        except Exception:
+            log.exception("retire_failed", object=type(resource).__name__)
 
 
 def _disk_version(path: str) -> str | None:
@@ -224,9 +206,8 @@ class Reloader:
         self._watcher: PolicyWatcher | None = None
         self._sighup_loop: asyncio.AbstractEventLoop | None = None
         self._triggered: set[asyncio.Task[ReloadResult]] = set()
-        self._retiring: dict[asyncio.Task[None], list[object]] = {}
+        self._retiring: dict[asyncio.Task[None], list[Resource]] = {}
         self.last_error: dict[str, Any] | None = None
-        self.last_duration: float | None = None  # seconds of the last successful reload (load to swap)
 
     # -- what is running --
 
@@ -318,7 +299,7 @@ class Reloader:
         for task, _ in pending:
             task.cancel()
         await asyncio.gather(*(task for task, _ in pending), return_exceptions=True)
-        await _close_all(obj for _, objects in pending for obj in objects)
+        await close_all(obj for _, objects in pending for obj in objects)
 
     def _install_sighup(self) -> None:
         # Signal handlers can only be installed from the main thread (a gateway embedded elsewhere has none).
@@ -405,17 +386,18 @@ class Reloader:
             log.info("policy_unchanged", version=old.version, trigger=trigger)
             return ReloadResult("unchanged", trigger, old.version, loaded.version,
                                 duration=time.perf_counter() - started)
-        fresh: list[object] = []
+        runtime: Runtime | None = None
         try:
             runtime = self._holder.build(loaded, current)
-            fresh = objects_only_in(runtime, current)
-            await _start_all(fresh)
+            await runtime.start()
         except asyncio.CancelledError:
-            await _close_all(fresh)
+            if runtime is not None:
+                await close_all(runtime.retired_by(current))
             raise
         except Exception as exc:
             log.exception("policy_build_failed", version=loaded.version, trigger=trigger)
-            await _close_all(fresh)
+            if runtime is not None:
+                await close_all(runtime.retired_by(current))
             reason = f"the runtime could not be built: {exc.__class__.__name__}: {exc}"
             problem = Problem(loaded.source, 0, "", reason)
             return self._failed(trigger, loaded.version, [problem], started)
@@ -425,14 +407,13 @@ class Reloader:
         duration = time.perf_counter() - started
         heap.settle()
 
-        self._retire(objects_only_in(current, runtime), grace_period(current, self._grace_extra))
+        self._retire(current.retired_by(runtime), grace_period(current, self._grace_extra))
         if trigger == "rollback":
             self._history.pop()  # the policy rolled back from
             self._history.pop()  # the target, replaced by its re-validated copy
         self._history.append(loaded)
         self._counts["success"] += 1
         self.last_error = None
-        self.last_duration = duration
         diff = diff_policies(old.policy, loaded.policy)
         restart = tuple(s for s in RESTART_SECTIONS if getattr(old.policy, s) != getattr(loaded.policy, s))
         self._holder.events.emit("policy_reload", result="success", version=loaded.version, trigger=trigger,
@@ -463,7 +444,7 @@ class Reloader:
         return ReloadResult("error", trigger, running, attempted, problems=tuple(shown),
                             duration=time.perf_counter() - started)
 
-    def _retire(self, objects: list[object], grace: float) -> None:
+    def _retire(self, objects: list[Resource], grace: float) -> None:
         # Even with nothing to close, the old runtime is unreferenced only once its requests end: the
         # retirement's end is when its garbage can be collected (`_retired`).
         task = asyncio.get_running_loop().create_task(self._close_later(objects, grace), name="policy-retire")
@@ -474,9 +455,9 @@ class Reloader:
         self._retiring.pop(task, None)
         heap.settle()  # the retired runtime is unreferenced now: its cycles can go
 
-    async def _close_later(self, objects: list[object], grace: float) -> None:
+    async def _close_later(self, objects: list[Resource], grace: float) -> None:
         await asyncio.sleep(grace)  # requests that started on the old runtime finish within this
-        await _close_all(objects)
+        await close_all(objects)
 
 
 RELOADER = web.AppKey("reloader", Reloader)

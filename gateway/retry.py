@@ -47,6 +47,11 @@ class RetryPolicy:
         """Seconds to wait before retry number `retry` (1-based): exponential, with jitter to spread herds."""
         return float(self.backoff * 2.0 ** (retry - 1) * (0.5 + rand() / 2))
 
+    def longest(self, timeout: float) -> float:
+        """The most time a request can take under this policy: every attempt to `timeout`, plus each
+        backoff at its ceiling (`delay` only jitters down from it)."""
+        return timeout * self.attempts + sum(self.backoff * 2.0 ** (r - 1) for r in range(1, self.attempts))
+
 
 class RetryBudget:
     """Retries allowed to one upstream: at most `ratio` of its requests over the last BUDGET_WINDOW seconds,

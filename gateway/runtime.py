@@ -9,7 +9,8 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
+from typing import Any, Protocol
 
 import aiohttp
 
@@ -43,8 +44,20 @@ class CompiledRoute:
     limits: RouteLimits | None = None  # the route's rate limits, checked by `Runtime.limiter`
 
 
-@dataclass
+class Resource(Protocol):
+    """A part of a runtime that holds connections or tasks: closed when no runtime uses it any more."""
+
+    async def close(self) -> None: ...
+
+
+@dataclass(frozen=True)
 class Runtime:
+    """The typed contract every reader of the running gateway uses (pipeline, ops, metrics, reload).
+
+    Parts with a lifecycle: the upstream clients (connection pools) and the limiter (Redis connection,
+    override refresh). `start` readies them, `retired_by` names the ones a successor no longer shares.
+    """
+
     loaded: LoadedPolicy
     router: Router[CompiledRoute]
     clients: dict[str, UpstreamClient]
@@ -52,15 +65,33 @@ class Runtime:
     resolver: ClientResolver
     user_header: str
     protected_headers: frozenset[str]
-    routes: dict[str, CompiledRoute] = field(default_factory=dict)
-    breakers: dict[str, Breaker] = field(default_factory=dict)
-    retry_budgets: dict[str, RetryBudget] = field(default_factory=dict)  # per upstream with a retrying route
-    slo: SloRecorder | None = None  # per route+method SLO windows; carried over from the previous runtime
-    limiter: Limiter | None = None  # rate limits; buckets, Redis connection and overrides carried over
+    routes: dict[str, CompiledRoute]
+    breakers: dict[str, Breaker]
+    retry_budgets: dict[str, RetryBudget]  # per upstream with a retrying route
+    slo: SloRecorder  # per route+method SLO windows; carried over from the previous runtime
+    limiter: Limiter  # rate limits; buckets, Redis connection and overrides carried over
 
     @property
     def policy(self) -> Policy:
         return self.loaded.policy
+
+    async def start(self) -> None:
+        """Ready the parts that need the running loop (idempotent: state shared with a predecessor is
+        already started). Upstream pools connect lazily and need nothing."""
+        await self.limiter.start()
+
+    def resources(self) -> list[Resource]:
+        """Every part of this runtime with something to close."""
+        return [*self.clients.values(), self.limiter]
+
+    def retired_by(self, successor: Runtime | None) -> list[Resource]:
+        """The parts of this runtime that `successor` does not share (all of them when it is None)."""
+        kept = {id(r) for r in successor.resources()} if successor is not None else set()
+        return [r for r in self.resources() if id(r) not in kept]
+
+    def breaker_snapshots(self) -> dict[str, dict[str, Any]]:
+        """Each breaker's state and counters by name (sorted): how ops, health and metrics read them."""
+        return {name: self.breakers[name].snapshot() for name in sorted(self.breakers)}
 
 
 def compile_route(
@@ -149,28 +180,3 @@ def build_runtime(
             policy, previous.limiter if previous is not None else None, events=events, clock=clock
         ),
     )
-
-
-# Runtime attributes that may hold objects with an async lifecycle (`start()` / `close()`), besides the
-# upstream clients. Reload starts the ones a new runtime created and retires the ones it dropped, so the
-# teams adding these fields only have to carry objects over (same object) when their settings are unchanged.
-LIFECYCLE_FIELDS = ("limiter", "breakers", "slo")
-
-
-def lifecycle_objects(runtime: Runtime) -> list[object]:
-    """Each object of `runtime` with a `start` or `close` method: upstream clients, limiter, breakers, slo."""
-    found: list[object] = list(runtime.clients.values())
-    for name in LIFECYCLE_FIELDS:
-        value = getattr(runtime, name, None)
-        values = list(value.values()) if isinstance(value, dict) else [value]
-        found.extend(v for v in values if v is not None and (hasattr(v, "start") or hasattr(v, "close")))
-    return found
-
-
-def objects_only_in(runtime: Runtime, other: Runtime | None) -> list[object]:
-    """Lifecycle objects of `runtime` that `other` does not share (all of them when `other` is None).
-
-    With (old, new) these are the retired objects; with (new, old) the fresh ones that need starting.
-    """
-    shared = {id(o) for o in lifecycle_objects(other)} if other is not None else set()
-    return [o for o in lifecycle_objects(runtime) if id(o) not in shared]

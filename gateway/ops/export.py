@@ -23,7 +23,7 @@ from aiohttp import web
 
 from gateway.audit import iso
 from gateway.logs import get_logger
-from gateway.ops.http import admin_only, problem, read_json
+from gateway.ops.http import GATEWAY_VIEW, GatewayView, admin_only, problem, read_json
 from gateway.runtime import Runtime
 
 log = get_logger("gateway.ops.export")
@@ -204,45 +204,21 @@ def _dumps(value: Any) -> bytes:
     return orjson.dumps(value, default=str, option=orjson.OPT_NON_STR_KEYS)
 
 
-def _gateway(request: web.Request) -> Any:
-    # Imported here: gateway.app imports this module to register its routes.
-    from gateway.app import GATEWAY
-
-    return request.app[GATEWAY]
-
-
 def state_rows(entity: str, runtime: Runtime | None) -> list[dict[str, Any]]:
-    """Current values of a state entity as rows, read defensively from the runtime the other parts fill in."""
+    """Current values of a state entity (breakers, slo, rate_limits) as rows."""
     if runtime is None:
         return []
     if entity == "breakers":
-        rows = []
-        for name, breaker in (getattr(runtime, "breakers", None) or {}).items():
-            snapshot = getattr(breaker, "snapshot", None)
-            rows.append(snapshot() if callable(snapshot) else {"name": name, "state": str(breaker)})
-        return rows
+        return list(runtime.breaker_snapshots().values())
     if entity == "slo":
-        recorder = getattr(runtime, "slo", None)
-        status = getattr(recorder, "status", None)
-        statuses = status() if callable(status) else {}
-        return [{"route": name, **value} for name, value in statuses.items()]
-    limiter = getattr(runtime, "limiter", None)
-    for method in ("describe", "snapshot", "status"):
-        fn = getattr(limiter, method, None)
-        if callable(fn):
-            found = fn()
-            if isinstance(found, dict):
-                return [{"name": k, **v} if isinstance(v, dict) else {"name": k, "value": v}
-                        for k, v in found.items()]
-            return list(found)
-    return [{"name": name, "rate": limit.rate, "per": limit.per, "burst": limit.capacity, "key": limit.key,
-             "shadow": limit.shadow} for name, limit in runtime.policy.rate_limits.items()]
+        return [{"route": name, **value} for name, value in runtime.slo.status().items()]
+    return [{"name": name, **row} for name, row in runtime.limiter.describe().items()]
 
 
 class Export:
     """One export: writes each entity in the chosen format as it is read."""
 
-    def __init__(self, spec: ExportRequest, gateway: Any, out: Out) -> None:
+    def __init__(self, spec: ExportRequest, gateway: GatewayView, out: Out) -> None:
         self.spec = spec
         self.gateway = gateway
         self.out = out
@@ -364,7 +340,7 @@ async def export(request: web.Request) -> web.StreamResponse:
         spec = parse_request(body, time.time())
     except BadExport as exc:
         return problem(400, "bad_export", str(exc))
-    gateway = _gateway(request)
+    gateway = request.app[GATEWAY_VIEW]
     audit = gateway.audit
     if "audit" in spec.entities and audit is not None:
         if not await audit.store.ping():

@@ -11,26 +11,18 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Callable
-from typing import Any, Protocol
+from typing import Any
 
 from aiohttp import web
 
-from gateway.audit import AuditTrail, iso
+from gateway.audit import iso
 from gateway.events import Event
 from gateway.identity import Identity
-from gateway.ops.http import json_response
+from gateway.ops.http import GatewayView, json_response
 from gateway.outcome import Outcome
 from gateway.runtime import Runtime
 
 REDIS_PROBE_TTL = 2.0  # a public endpoint must not turn each request into a Redis round trip
-
-
-class GatewayView(Protocol):
-    """What health reads from the gateway (gateway.app.Gateway)."""
-
-    runtime: Runtime | None
-    draining: bool
-    audit: AuditTrail | None
 
 
 class HealthTracker:
@@ -43,7 +35,6 @@ class HealthTracker:
         self._gateway = gateway
         self._clock = clock
         self.upstreams: dict[str, tuple[int | None, str | None, float]] = {}  # name -> (status, error, time)
-        self.breaker_states: dict[str, str] = {}  # from circuit_state_change, if no live breaker object says
         self.redis_up: bool | None = None
         self.redis_error: str | None = None
         self._redis_seen = 0.0
@@ -61,12 +52,8 @@ class HealthTracker:
             self.upstreams[route.client.name] = (status, error, self._clock())
 
     def on_event(self, event: Event) -> None:
-        """Events subscriber: breaker and Redis state changes."""
-        if event.type == "circuit_state_change":
-            breaker, to = event.fields.get("breaker"), event.fields.get("to")
-            if isinstance(breaker, str) and isinstance(to, str):
-                self.breaker_states[breaker] = to
-        elif event.type == "redis_state_change":
+        """Events subscriber: Redis state changes."""
+        if event.type == "redis_state_change":
             self.redis_up = event.fields.get("to") == "up"
             error = event.fields.get("error")
             self.redis_error = str(error) if error is not None else None
@@ -85,16 +72,10 @@ class HealthTracker:
         return self.redis_up
 
     def breakers(self, runtime: Runtime | None) -> dict[str, str]:
-        """Each breaker's state: the live object's when the runtime has one, else the last event's."""
-        states: dict[str, str] = {}
-        if runtime is not None:
-            for name in runtime.policy.breakers:
-                states[name] = self.breaker_states.get(name, "closed")
-            for name, breaker in (getattr(runtime, "breakers", None) or {}).items():
-                state = getattr(breaker, "state", None)
-                if state is not None:
-                    states[name] = str(getattr(state, "value", state))
-        return states
+        """Each breaker's state by name."""
+        if runtime is None:
+            return {}
+        return {name: snap["state"] for name, snap in runtime.breaker_snapshots().items()}
 
     async def report(self) -> tuple[int, dict[str, Any]]:
         """(HTTP status, body) for the health endpoint."""
@@ -112,7 +93,7 @@ class HealthTracker:
             status, code = "degraded", 200
         else:
             status, code = "ok", 200
-        last_error = getattr(gateway, "last_error", None)
+        last_error = gateway.last_error
         body: dict[str, Any] = {
             "status": status,
             "policy": {

@@ -11,19 +11,35 @@ from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
 from contextvars import ContextVar
-from typing import Any
+from typing import Any, Protocol
 
 import orjson
 from aiohttp import web
 
+from gateway.audit import AuditTrail
 from gateway.events import Event, Events
 from gateway.identity import forwarded_for
 from gateway.logs import get_logger
 from gateway.ops.auth import AdminAuth
+from gateway.runtime import Runtime
 
 log = get_logger("gateway.ops")
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+class GatewayView(Protocol):
+    """What ops handlers read of the gateway (gateway.app.Gateway): its current runtime and audit trail."""
+
+    runtime: Runtime | None
+    draining: bool
+    audit: AuditTrail | None
+
+    @property
+    def last_error(self) -> str | None: ...
+
+
+GATEWAY_VIEW: web.AppKey[GatewayView] = web.AppKey("gateway_view")
 ADMIN_AUTH = web.AppKey("admin_auth", AdminAuth)
 EVENTS = web.AppKey("events", Events)  # the gateway's domain event bus, for the audit of admin calls
 PRINCIPAL = web.RequestKey("principal", str)  # who the admin is: "token:<fingerprint>" or "user:<id>"

@@ -12,7 +12,7 @@ import hashlib
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypedDict
 
 from gateway.events import Events
 from gateway.identity import Identity
@@ -127,6 +127,26 @@ class LimiterStats:
     breaches: dict[str, int] = field(default_factory=dict)  # enforced rejections by limit
     shadow_breaches: dict[str, int] = field(default_factory=dict)  # would-be rejections of shadow limits
     fallbacks: dict[str, int] = field(default_factory=lambda: {"local": 0, "allow": 0, "deny": 0})
+
+
+class RedisReport(TypedDict):
+    up: bool
+    errors: int  # failed checks (timeouts, connection errors, server errors)
+    skipped: int  # checks that did not wait on Redis because it was down
+    transitions: int
+    last_error: str | None
+    round_trips: int  # batched writes of limit checks
+
+
+class LimiterReport(TypedDict):
+    """`Limiter.stats()`: what metrics and the ops API read of the limiter."""
+
+    checks: int
+    breaches: dict[str, int]
+    shadow_breaches: dict[str, int]
+    fallbacks: dict[str, int]
+    local_buckets: int
+    redis: RedisReport | None  # None when no Redis is configured
 
 
 class _State:
@@ -398,7 +418,7 @@ class Limiter:
         self._recompile()
         return changes
 
-    def stats(self) -> dict[str, Any]:
+    def stats(self) -> LimiterReport:
         """Counters and state for metrics, read at scrape time."""
         state = self._state
         health = state.redis.health if state.redis is not None else None
