@@ -28,7 +28,6 @@ from gateway.pipeline import Pipeline
 from gateway.policy.loader import LoadedPolicy
 from gateway.reload import RELOADER, Reloader, ReloadResult, close_all
 from gateway.runtime import Runtime, build_runtime
-from gateway.slo import slo_observer
 
 log = get_logger("gateway.app")
 
@@ -138,7 +137,7 @@ def build_app(
     app[metrics_ops.METRICS] = GatewayMetrics(gateway.current, gateway.events, audit.stats)
     pipeline = Pipeline(
         gateway.current,
-        observers=[slo_observer(gateway.current), health.observe],
+        observers=[health.observe],
         reject_escaped_slashes=server.escaped_slashes == "reject",
     )
 

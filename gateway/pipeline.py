@@ -15,8 +15,10 @@ from typing import Any
 
 import orjson
 from aiohttp import web
+from multidict import CIMultiDict
 
-from gateway.breaker import Breaker, Permit
+from gateway.breaker import Breaker
+from gateway.exchange import Exchange
 from gateway.identity import Identity, forwarded_for, user_id
 from gateway.logs import access_log, get_logger
 from gateway.outcome import Outcome
@@ -24,18 +26,21 @@ from gateway.proxy import (
     BodyStream,
     BodyTooLarge,
     UpstreamError,
+    UpstreamReply,
     classify,
     forward_headers,
     open_upstream,
     relay,
 )
+from gateway.retry import BreakerOpened, send_with_retries
 from gateway.routing import normalize_path
 from gateway.runtime import CompiledRoute, Runtime
 
 log = get_logger("gateway.request")
 _REQUEST_ID = re.compile(r"^[A-Za-z0-9._:\-]{1,128}$")
 _ESCAPED_SLASH = re.compile(r"%(?:2F|5C)")  # normalize_path has upper-cased every escape
-Observer = Callable[[Outcome, Identity], None]
+Observer = Callable[[Exchange], None]
+_clock = time.perf_counter  # uvloop's loop.time() only has millisecond resolution
 
 
 def json_error(
@@ -68,27 +73,6 @@ def upstream_path(path: str, route: CompiledRoute) -> str:
     return path
 
 
-def breaker_open(breaker: Breaker, route: str, request_id: str) -> web.Response:
-    """The fast-fail answer of an open breaker: 503, Retry-After until HALF_OPEN, the breaker named."""
-    retry_after = breaker.retry_after()
-    return json_error(
-        503,
-        "breaker_open",
-        request_id,
-        [("Retry-After", str(retry_after))],
-        route=route,
-        breaker=breaker.name,
-        retry_after=retry_after,
-    )
-
-
-def may_retry(route: CompiledRoute) -> bool:
-    """Whether one more attempt is allowed: the breaker is not open and the upstream's budget has a retry."""
-    if route.breaker is not None and route.breaker.is_open():
-        return False
-    return route.retry_budget is None or route.retry_budget.try_spend()
-
-
 class Pipeline:
     """The catch-all handler. Reads the current runtime once per request through `current()`."""
 
@@ -103,28 +87,58 @@ class Pipeline:
         self._observers = observers
         self._reject_escaped_slashes = reject_escaped_slashes  # server.escaped_slashes (a restart setting)
 
-    def _emit(self, outcome: Outcome, identity: Identity) -> None:
+    def _finish(self, exchange: Exchange) -> None:
+        """The last stage: the outcome into the SLO recorder of the request's own snapshot, the observers and
+        the access log."""
+        outcome = exchange.outcome
+        exchange.runtime.slo.observe(outcome)
         for observer in self._observers:
             try:
-                observer(outcome, identity)
+                observer(exchange)
             except Exception:  # an observer's bug must not turn into a client error
                 log.exception("observer_failed", observer=getattr(observer, "__name__", repr(observer)))
+        access = access_log()
+        if access is not None:  # skip building the line when access logs are off
+            request = exchange.request
+            access.info(
+                "request",
+                request_id=exchange.request_id,
+                route=outcome.route,
+                method=request.method,
+                path=request.path,
+                status=outcome.status,
+                upstream_status=outcome.upstream_status,
+                duration_ms=round(outcome.duration * 1000, 3),
+                upstream_duration_ms=(
+                    round(outcome.upstream_duration * 1000, 3)
+                    if outcome.upstream_duration is not None
+                    else None
+                ),
+                client_ip=exchange.identity.ip,
+                error=outcome.error,
+            )
 
     async def handle(self, request: web.Request) -> web.StreamResponse:
-        clock = time.perf_counter  # uvloop's loop.time() only has millisecond resolution
-        started = clock()
+        started = _clock()
         runtime = self._current()  # one snapshot for the whole request, even across a reload
-        request_id = request_id_of(request)
         peer = request.remote
         headers = request.headers
         resolver = runtime.resolver
-        ip = resolver.client_ip(peer, forwarded_for(headers))
+        xff = forwarded_for(headers)
         # The user header is a claim: believed only from identity.user_networks, else the IP stands in.
         user = user_id(headers.get(runtime.user_header)) if resolver.user_trusted(peer) else None
-        identity = Identity(ip=ip, user=user)
-        outcome = Outcome(route="unmatched", method=request.method, status=0, duration=0.0)
+        exchange = Exchange(
+            request=request,
+            runtime=runtime,
+            request_id=request_id_of(request),
+            identity=Identity(ip=resolver.client_ip(peer, xff), user=user),
+            forwarded_for=xff,
+            outcome=Outcome(route="unmatched", method=request.method, status=0, duration=0.0),
+            started=started,
+        )
+        outcome = exchange.outcome
         try:
-            response = await self._serve(request, runtime, identity, request_id, outcome, clock)
+            response = await self._serve(exchange)
             outcome.status = outcome.status or response.status
             return response
         except asyncio.CancelledError:
@@ -132,154 +146,96 @@ class Pipeline:
             outcome.error = outcome.error or "client_closed"
             raise
         except Exception:
-            log.exception("gateway_error", request_id=request_id, route=outcome.route)
+            log.exception("gateway_error", request_id=exchange.request_id, route=outcome.route)
             outcome.status = 502
             outcome.error = "gateway_error"
-            return json_error(502, "gateway_error", request_id, route=outcome.route)
+            return json_error(502, "gateway_error", exchange.request_id, route=outcome.route)
         finally:
-            outcome.duration = clock() - started
-            self._emit(outcome, identity)
-            access = access_log()
-            if access is not None:  # skip building the line when access logs are off
-                access.info(
-                    "request",
-                    request_id=request_id,
-                    route=outcome.route,
-                    method=request.method,
-                    path=request.path,
-                    status=outcome.status,
-                    upstream_status=outcome.upstream_status,
-                    duration_ms=round(outcome.duration * 1000, 3),
-                    upstream_duration_ms=(
-                        round(outcome.upstream_duration * 1000, 3)
-                        if outcome.upstream_duration is not None
-                        else None
-                    ),
-                    client_ip=identity.ip,
-                    error=outcome.error,
-                )
+            outcome.duration = _clock() - started
+            self._finish(exchange)
 
-    async def _serve(
-        self,
-        request: web.Request,
-        runtime: Runtime,
-        identity: Identity,
-        request_id: str,
-        outcome: Outcome,
-        clock: Callable[[], float],
-    ) -> web.StreamResponse:
+    def _refuse(self, exchange: Exchange, status: int, error: str, *, headers: Iterable[tuple[str, str]] = (),
+                reason: str | None = None, **fields: Any) -> web.Response:
+        """An early answer of the gateway's own: the outcome's error and a JSON body."""
+        exchange.outcome.error = error
+        return json_error(status, reason or error, exchange.request_id, headers, **fields)
+
+    async def _serve(self, exchange: Exchange) -> web.StreamResponse:
+        request = exchange.request
         raw = request.raw_path
         cut = raw.find("?")
-        raw_path, query = (raw, "") if cut < 0 else (raw[:cut], raw[cut:])
+        raw_path, exchange.query = (raw, "") if cut < 0 else (raw[:cut], raw[cut:])
         # A fragment never belongs in a request target (RFC 9112 3.2): `/api/orders#x` would miss the
         # `orders` route here yet reach its handler upstream, which drops the fragment. Envoy refuses it too.
         path = normalize_path(raw_path) if "#" not in raw else None
         if path is not None and "%" in path and self._reject_escaped_slashes and _ESCAPED_SLASH.search(path):
             path = None  # server.escaped_slashes: reject (a decoding upstream would see another route)
         if path is None:
-            outcome.error = "bad_path"
-            return json_error(
-                400, "bad_path", request_id, detail="the request path is not a valid absolute path"
+            return self._refuse(
+                exchange, 400, "bad_path", detail="the request path is not a valid absolute path"
             )
+        exchange.path = path
         if path == "/api/ops" or path.startswith("/api/ops/"):
             # Only a spelling the ops router did not take (`//api/ops/reload`, `/api/./ops/...`) gets here:
             # the ops namespace is the gateway's own and is never proxied.
-            outcome.error = "no_route"
-            return json_error(404, "not_found", request_id, detail=f"no ops endpoint {request.method} {path}")
-        route = runtime.router.match(request.method, path)
+            return self._refuse(exchange, 404, "no_route", reason="not_found",
+                                detail=f"no ops endpoint {request.method} {path}")
+        route = exchange.route = exchange.runtime.router.match(request.method, path)
         if route is None:
-            outcome.error = "no_route"
-            return json_error(404, "no_route", request_id, detail=f"no route matches {request.method} {path}")
-        outcome.route = route.name
+            return self._refuse(exchange, 404, "no_route", detail=f"no route matches {request.method} {path}")
+        exchange.outcome.route = route.name
 
         length = request.content_length
         if length is not None and length > route.max_body:
-            outcome.error = "body_too_large"
-            return json_error(413, "body_too_large", request_id, route=route.name, limit=route.max_body)
-        extra_headers: list[tuple[str, str]] = [("X-Request-Id", request_id)]
+            return self._refuse(exchange, 413, "body_too_large", route=route.name, limit=route.max_body)
+        exchange.response_headers.append(("X-Request-Id", exchange.request_id))
 
         # -- stage: rate limits (gateway/ratelimit) --
-        limiter = runtime.limiter
-        if route.limits is not None and limiter is not None:
-            decision = await limiter.check(route.limits, identity, request.headers)
+        if route.limits is not None:
+            decision = await exchange.runtime.limiter.check(route.limits, exchange.identity, request.headers)
             if decision.status:
-                outcome.error = decision.error
-                return json_error(
-                    decision.status,
-                    decision.error or "rate_limited",
-                    request_id,
-                    decision.headers,
-                    **decision.fields,
-                )
-            extra_headers.extend(decision.headers)
+                return self._refuse(exchange, decision.status, decision.error or "rate_limited",
+                                    headers=decision.headers, **decision.fields)
+            exchange.response_headers.extend(decision.headers)
 
         # -- stage: circuit breaker (gateway/breaker.py) --
-        permit: Permit | None = None
         if route.breaker is not None:
-            permit = route.breaker.acquire()
-            if permit is None:
-                outcome.error = "breaker_open"
-                return breaker_open(route.breaker, route.name, request_id)
+            exchange.permit = route.breaker.acquire()
+            if exchange.permit is None:
+                return self._breaker_open(exchange, route.breaker)
         # -- stage: overload: a slow upstream must not gather every request (and all memory) --
         client = route.client
         if not client.admit():
-            if permit is not None:
-                permit.release()
-            outcome.error = "upstream_overloaded"
-            return json_error(
-                503,
-                "upstream_overloaded",
-                request_id,
-                (("Retry-After", "1"),),
-                route=route.name,
-                upstream=client.name,
-                detail=f"{client.max_requests} requests already in flight",
-            )
+            if exchange.permit is not None:
+                exchange.permit.release()
+            return self._refuse(exchange, 503, "upstream_overloaded", headers=(("Retry-After", "1"),),
+                                route=route.name, upstream=client.name,
+                                detail=f"{client.max_requests} requests already in flight")
         try:
-            return await self._proxy(
-                request,
-                runtime,
-                identity,
-                request_id,
-                outcome,
-                clock,
-                route,
-                path,
-                query,
-                extra_headers,
-                permit,
-            )
+            return await self._proxy(exchange, route)
         finally:
             client.done()
-            if permit is not None:
-                permit.release()  # no-op once recorded; frees a probe slot when no verdict came
+            if exchange.permit is not None:
+                exchange.permit.release()  # no-op once recorded; frees a probe slot when no verdict came
 
-    async def _proxy(
-        self,
-        request: web.Request,
-        runtime: Runtime,
-        identity: Identity,
-        request_id: str,
-        outcome: Outcome,
-        clock: Callable[[], float],
-        route: CompiledRoute,
-        path: str,
-        query: str,
-        extra_headers: list[tuple[str, str]],
-        permit: Permit | None,
-    ) -> web.StreamResponse:
-        # -- stage: proxy --
-        length = request.content_length
+    def _breaker_open(self, exchange: Exchange, breaker: Breaker) -> web.Response:
+        """The fast-fail answer of an open breaker: 503, Retry-After until HALF_OPEN, the breaker named."""
+        retry_after = breaker.retry_after()
+        return self._refuse(exchange, 503, "breaker_open", headers=[("Retry-After", str(retry_after))],
+                            route=exchange.outcome.route, breaker=breaker.name, retry_after=retry_after)
+
+    def _upstream_headers(self, exchange: Exchange, route: CompiledRoute) -> CIMultiDict[str]:
+        request = exchange.request
+        runtime = exchange.runtime
         client = route.client
-        url = client.base + upstream_path(path, route) + query
         peer = request.remote or "unknown"
         trusted_peer = runtime.resolver.proxy_trusted(peer)
-        prior_xff = forwarded_for(request.headers)
-        send_headers = forward_headers(
+        prior_xff = exchange.forwarded_for
+        return forward_headers(
             request,
             protected=runtime.protected_headers,
             trusted_peer=trusted_peer,
-            drop_user_header=None if identity.user is not None else runtime.user_header.lower(),
+            drop_user_header=None if exchange.identity.user is not None else runtime.user_header.lower(),
             host=request.host if route.preserve_host else client.host,
             forwarded_for=f"{prior_xff}, {peer}" if trusted_peer and prior_xff else peer,
             forwarded_proto=(
@@ -288,8 +244,18 @@ class Pipeline:
             forwarded_host=(
                 request.headers.get("X-Forwarded-Host", request.host) if trusted_peer else request.host
             ),
-            request_id=request_id,
+            request_id=exchange.request_id,
         )
+
+    async def _proxy(self, exchange: Exchange, route: CompiledRoute) -> web.StreamResponse:
+        # -- stage: proxy --
+        request = exchange.request
+        outcome = exchange.outcome
+        permit = exchange.permit
+        length = request.content_length
+        client = route.client
+        url = client.base + upstream_path(exchange.path, route) + exchange.query
+        send_headers = self._upstream_headers(exchange, route)
         retry = route.retries
         attempts = 1
         body: BodyStream | bytes | None = None
@@ -307,63 +273,38 @@ class Pipeline:
                 body = BodyStream(request, route.max_body)
             if length is not None:
                 send_headers["Content-Length"] = str(length)
-        if route.retry_budget is not None:
-            route.retry_budget.request()
 
-        sent_at = clock()
-        attempt = 1
-        while True:
-            if attempt > 1 and route.breaker is not None and route.breaker.is_open():
-                outcome.error = "breaker_open"  # it opened during the backoff: never retry into it
-                return breaker_open(route.breaker, route.name, request_id)
-            attempt_at = clock()
-            try:
-                upstream = await open_upstream(
-                    client,
-                    request.method,
-                    url,
-                    send_headers,
-                    body,
-                    deadline=route.client_timeout,
-                )
-            except BodyTooLarge:
-                outcome.error = "body_too_large"
-                return json_error(413, "body_too_large", request_id, route=route.name, limit=route.max_body)
-            except UpstreamError as exc:
-                if retry is not None and attempt < attempts and exc.kind in retry.errors and may_retry(route):
-                    attempt += 1
-                    await asyncio.sleep(retry.delay(attempt - 1))
-                    continue
-                outcome.error = exc.kind
-                outcome.upstream_duration = clock() - sent_at
-                if permit is not None and not exc.clients_fault:  # a stalled upload says nothing of it
-                    permit.record_outcome(None, exc.kind, clock() - attempt_at)  # the final outcome only
-                return json_error(
-                    exc.status,
-                    exc.kind,
-                    request_id,
-                    route=route.name,
-                    upstream=client.name,
-                    detail=exc.detail,
-                )
-            if (
-                retry is not None
-                and attempt < attempts
-                and upstream.status in retry.statuses
-                and may_retry(route)
-            ):
-                upstream.release()
-                attempt += 1
-                await asyncio.sleep(retry.delay(attempt - 1))
-                continue
-            break
+        sent_at = attempt_at = _clock()
+
+        async def send() -> UpstreamReply:
+            nonlocal attempt_at
+            attempt_at = _clock()
+            return await open_upstream(
+                client, request.method, url, send_headers, body, deadline=route.client_timeout
+            )
+
+        try:
+            upstream = await send_with_retries(
+                send, retry, attempts, breaker=route.breaker, budget=route.retry_budget
+            )
+        except BreakerOpened:
+            assert route.breaker is not None
+            return self._breaker_open(exchange, route.breaker)  # it opened during the backoff
+        except BodyTooLarge:
+            return self._refuse(exchange, 413, "body_too_large", route=route.name, limit=route.max_body)
+        except UpstreamError as exc:
+            outcome.upstream_duration = _clock() - sent_at
+            if permit is not None and not exc.clients_fault:  # a stalled upload says nothing of it
+                permit.record_outcome(None, exc.kind, _clock() - attempt_at)  # the final outcome only
+            return self._refuse(exchange, exc.status, exc.kind, route=route.name, upstream=client.name,
+                                detail=exc.detail)
         outcome.upstream_status = upstream.status
         outcome.bytes_in = body.sent if isinstance(body, BodyStream) else len(body or b"")
         try:
-            response, written = await relay(request, upstream, extra_headers)
+            response, written = await relay(request, upstream, exchange.response_headers)
             outcome.bytes_out = written
             if permit is not None:  # the verdict once the body is through: a mid-body failure is a failure
-                permit.record_outcome(upstream.status, None, clock() - attempt_at)
+                permit.record_outcome(upstream.status, None, _clock() - attempt_at)
             return response
         except Exception as exc:
             # The head is gone: all that is left is to cut the connection so the client sees a truncated body.
@@ -373,13 +314,12 @@ class Pipeline:
                 (499, "client_closed") if client_gone else (502, "upstream_midbody")
             )
             if permit is not None and not client_gone:  # a client that left says nothing of the upstream
-                permit.record_outcome(None, classify(exc).kind, clock() - attempt_at)
-            log.warning(
-                "relay_aborted", request_id=request_id, route=route.name, error=exc.__class__.__name__
-            )
+                permit.record_outcome(None, classify(exc).kind, _clock() - attempt_at)
+            log.warning("relay_aborted", request_id=exchange.request_id, route=route.name,
+                        error=exc.__class__.__name__)
             if transport is not None:
                 transport.close()
             return web.Response(status=outcome.status)  # never written: the connection is closed
         finally:
-            outcome.upstream_duration = clock() - sent_at
+            outcome.upstream_duration = _clock() - sent_at
             upstream.release()

@@ -8,13 +8,16 @@ share of recent requests so that, when everything fails, retries cannot multiply
 
 from __future__ import annotations
 
+import asyncio
 import random
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol, TypeVar
 
+from gateway.breaker import Breaker
 from gateway.policy.model import Policy, Retries
+from gateway.proxy import UpstreamError
 
 IDEMPOTENT_METHODS = frozenset({"GET", "HEAD", "OPTIONS", "PUT", "DELETE"})
 MAX_REPLAY_BODY = 64 * 1024  # bytes buffered to make a body replayable; larger bodies stream once
@@ -138,3 +141,68 @@ def build_retry_budgets(
             old if old is not None and old.ratio == ratio else RetryBudget(ratio, clock=clock)
         )
     return budgets
+
+
+class BreakerOpened(Exception):
+    """The breaker opened during a backoff: the request is refused, never retried into an open breaker."""
+
+
+class _Reply(Protocol):
+    @property
+    def status(self) -> int: ...
+
+    def release(self) -> None: ...
+
+
+R = TypeVar("R", bound=_Reply)
+
+
+def _may_retry(breaker: Breaker | None, budget: RetryBudget | None) -> bool:
+    """One more attempt is allowed: the breaker is not open and the upstream's budget has a retry."""
+    if breaker is not None and breaker.is_open():
+        return False
+    return budget is None or budget.try_spend()
+
+
+async def send_with_retries(
+    send: Callable[[], Awaitable[R]],
+    policy: RetryPolicy | None,
+    attempts: int,
+    *,
+    breaker: Breaker | None,
+    budget: RetryBudget | None,
+    sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
+) -> R:
+    """Send, and send again (after a jittered backoff) while `policy`, `attempts` (1: never again), the
+    breaker and the upstream's retry budget allow it.
+
+    Returns the last reply: one the policy does not retry, or the last try's. Raises the last UpstreamError,
+    or BreakerOpened when the breaker opened during a backoff.
+    """
+    if budget is not None:
+        budget.request()  # first attempts count toward the budget, so retries are a share of the traffic
+    attempt = 1
+    while True:
+        if attempt > 1 and breaker is not None and breaker.is_open():
+            raise BreakerOpened
+        try:
+            reply = await send()
+        except UpstreamError as exc:
+            if (
+                policy is None
+                or attempt >= attempts
+                or exc.kind not in policy.errors
+                or not _may_retry(breaker, budget)
+            ):
+                raise
+        else:
+            if (
+                policy is None
+                or attempt >= attempts
+                or reply.status not in policy.statuses
+                or not _may_retry(breaker, budget)
+            ):
+                return reply
+            reply.release()
+        attempt += 1
+        await sleep(policy.delay(attempt - 1))

@@ -17,9 +17,8 @@ from aiohttp import web
 
 from gateway.audit import iso
 from gateway.events import Event
-from gateway.identity import Identity
+from gateway.exchange import Exchange
 from gateway.ops.http import GatewayView, json_response
-from gateway.outcome import Outcome
 from gateway.runtime import Runtime
 
 REDIS_PROBE_TTL = 2.0  # a public endpoint must not turn each request into a Redis round trip
@@ -40,12 +39,12 @@ class HealthTracker:
         self._redis_seen = 0.0
         self._probe_lock = asyncio.Lock()
 
-    def observe(self, outcome: Outcome, identity: Identity) -> None:
+    def observe(self, exchange: Exchange) -> None:
         """Pipeline observer: record the upstream's last outcome when the request reached it."""
+        outcome = exchange.outcome
         if outcome.upstream_duration is None:
             return  # answered by the gateway (404, 429, open breaker): says nothing about the upstream
-        runtime = self._gateway.runtime
-        route = runtime.routes.get(outcome.route) if runtime is not None else None
+        route = exchange.route
         if route is not None:
             status = outcome.upstream_status
             error = outcome.error if status is None else None
