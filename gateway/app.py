@@ -28,6 +28,7 @@ from gateway.pipeline import Pipeline
 from gateway.policy.loader import LoadedPolicy
 from gateway.reload import RELOADER, Reloader, ReloadResult, close_all
 from gateway.runtime import Runtime, build_runtime
+from gateway.server import SERVER_STATS, ServerStats
 
 log = get_logger("gateway.app")
 
@@ -134,7 +135,8 @@ def build_app(
         gateway.draining = True  # the CLI sets it at the signal already; other runners get it here
 
     app.on_shutdown.append(mark_draining)
-    app[metrics_ops.METRICS] = GatewayMetrics(gateway.current, gateway.events, audit.stats)
+    server_stats = app[SERVER_STATS] = ServerStats()
+    app[metrics_ops.METRICS] = GatewayMetrics(gateway.current, gateway.events, audit.stats, server_stats)
     pipeline = Pipeline(
         gateway.current,
         observers=[health.observe],

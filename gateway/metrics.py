@@ -21,6 +21,7 @@ from prometheus_client.registry import Collector
 from gateway.events import Event, Events
 from gateway.logs import get_logger
 from gateway.runtime import Runtime
+from gateway.server import ServerStats
 from gateway.slo import SloRecorder
 
 log = get_logger("gateway.metrics")
@@ -62,9 +63,11 @@ class GatewayMetrics:
         current: Callable[[], Runtime],
         events: Events,
         audit_stats: Callable[[], dict[str, Any]] | None = None,
+        server_stats: ServerStats | None = None,
     ) -> None:
         self._current = current
         self.audit_stats = audit_stats
+        self.server_stats = server_stats
         self.breaches = _Counts()  # (limit,)
         self.shadow_breaches = _Counts()  # (limit,)
         self.transitions = _Counts()  # (breaker, from, to)
@@ -153,6 +156,23 @@ class _GatewayCollector(Collector):
         yield from self._events()
         yield from self._limiter(runtime)
         yield from self._audit()
+        yield from self._server()
+
+    def _server(self) -> Iterator[Metric]:
+        stats = self._owner.server_stats
+        if stats is None:
+            return
+        family = CounterMetricFamily(
+            "gateway_connections_dropped",
+            "Client connections the gateway ended itself, by reason: refused (over server.max_connections),"
+            " header_timeout (no request head within server.header_timeout), write_stall (the client read"
+            " nothing of its answer for server.write_timeout).",
+            labels=["reason"],
+        )
+        family.add_metric(["refused"], stats.refused)
+        family.add_metric(["header_timeout"], stats.header_timeouts)
+        family.add_metric(["write_stall"], stats.write_stalls)
+        yield family
 
     def _audit(self) -> Iterator[Metric]:
         if self._owner.audit_stats is None:

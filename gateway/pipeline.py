@@ -35,6 +35,7 @@ from gateway.proxy import (
 from gateway.retry import BreakerOpened, send_with_retries
 from gateway.routing import normalize_path
 from gateway.runtime import CompiledRoute, Runtime
+from gateway.server import GatewayRequestHandler
 
 log = get_logger("gateway.request")
 _REQUEST_ID = re.compile(r"^[A-Za-z0-9._:\-]{1,128}$")
@@ -73,6 +74,15 @@ def upstream_path(path: str, route: CompiledRoute) -> str:
     return path
 
 
+def _client_left(request: web.BaseRequest) -> str:
+    """Why a client is gone: cut off by the write deadline (it read nothing for server.write_timeout), or
+    it closed the connection itself."""
+    protocol = request.protocol
+    return "client_stalled" if isinstance(protocol, GatewayRequestHandler) and protocol.stalled else (
+        "client_closed"
+    )
+
+
 class Pipeline:
     """The catch-all handler. Reads the current runtime once per request through `current()`."""
 
@@ -91,7 +101,8 @@ class Pipeline:
         """The last stage: the outcome into the SLO recorder of the request's own snapshot, the observers and
         the access log."""
         outcome = exchange.outcome
-        exchange.runtime.slo.observe(outcome)
+        if outcome.error != "client_stalled":  # the client's doing: never against the route's SLO
+            exchange.runtime.slo.observe(outcome)
         for observer in self._observers:
             try:
                 observer(exchange)
@@ -143,7 +154,7 @@ class Pipeline:
             return response
         except asyncio.CancelledError:
             outcome.status = 499  # the client went away; the upstream call was cancelled with us
-            outcome.error = outcome.error or "client_closed"
+            outcome.error = outcome.error or _client_left(request)
             raise
         except Exception:
             log.exception("gateway_error", request_id=exchange.request_id, route=outcome.route)
@@ -311,7 +322,7 @@ class Pipeline:
             transport = request.transport
             client_gone = transport is None or transport.is_closing()
             outcome.status, outcome.error = (
-                (499, "client_closed") if client_gone else (502, "upstream_midbody")
+                (499, _client_left(request)) if client_gone else (502, "upstream_midbody")
             )
             if permit is not None and not client_gone:  # a client that left says nothing of the upstream
                 permit.record_outcome(None, classify(exc).kind, _clock() - attempt_at)

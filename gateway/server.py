@@ -31,10 +31,30 @@ log = get_logger("gateway.server")
 class ConnectionLimits:
     max_connections: int
     header_timeout: float
+    write_timeout: float = 30.0
 
     @classmethod
     def from_policy(cls, server: ServerSettings) -> ConnectionLimits:
-        return cls(max_connections=server.max_connections, header_timeout=server.header_timeout)
+        return cls(
+            max_connections=server.max_connections,
+            header_timeout=server.header_timeout,
+            write_timeout=server.write_timeout,
+        )
+
+
+@dataclass
+class ServerStats:
+    """Connections the server ended on its own, by reason (read by the metrics collector at scrape time).
+
+    Counted, not logged one line each: a slowloris or a flood of stalled readers would flood the log.
+    """
+
+    refused: int = 0  # over max_connections
+    header_timeouts: int = 0  # no complete request head within header_timeout
+    write_stalls: int = 0  # the client read nothing of its answer for write_timeout
+
+
+SERVER_STATS = web.AppKey("server_stats", ServerStats)
 
 
 def _busy_response() -> bytes:
@@ -52,14 +72,20 @@ _BUSY = _busy_response()
 class GatewayRequestHandler(RequestHandler):
     """aiohttp's connection handler with a connection cap, a first-request header deadline and JSON errors."""
 
-    def __init__(self, manager: web.Server, *, limits: ConnectionLimits, **kwargs: Any) -> None:
+    def __init__(
+        self, manager: web.Server, *, limits: ConnectionLimits, stats: ServerStats, **kwargs: Any
+    ) -> None:
         super().__init__(manager, **kwargs)
         self._limits = limits
+        self._stats = stats
         self._header_timer: asyncio.TimerHandle | None = None
+        self._write_timer: asyncio.TimerHandle | None = None
+        self.stalled = False  # set when the write deadline cut the connection: the client's fault
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         manager = self._manager
         if manager is not None and len(manager.connections) >= self._limits.max_connections:
+            self._stats.refused += 1
             transport.write(_BUSY)  # type: ignore[attr-defined]
             transport.close()
             return
@@ -68,15 +94,39 @@ class GatewayRequestHandler(RequestHandler):
 
     def _header_deadline(self) -> None:
         self._header_timer = None
-        if self._request_count == 0 and self.transport is not None:
+        transport = self.transport
+        if self._request_count == 0 and transport is not None:
             # No complete request head within the deadline: a slow or idle client holding a slot.
-            self.force_close()
-            self.transport.close()
+            self._stats.header_timeouts += 1
+            self.force_close()  # (it drops self.transport)
+            transport.close()
+
+    # The transport pauses the protocol when the client has left more than the high-water mark of our
+    # answer unread. The write deadline runs only while paused: nothing is armed per write on the hot path.
+    def pause_writing(self) -> None:
+        super().pause_writing()
+        if self._write_timer is None:
+            self._write_timer = self._loop.call_later(self._limits.write_timeout, self._write_deadline)
+
+    def resume_writing(self) -> None:
+        super().resume_writing()
+        if self._write_timer is not None:
+            self._write_timer.cancel()
+            self._write_timer = None
+
+    def _write_deadline(self) -> None:
+        self._write_timer = None
+        transport = self.transport
+        if transport is not None:
+            self.stalled = True
+            self._stats.write_stalls += 1
+            transport.abort()  # not close(): that would wait to flush what the client does not read
 
     def connection_lost(self, exc: BaseException | None) -> None:
-        if self._header_timer is not None:
-            self._header_timer.cancel()
-            self._header_timer = None
+        for timer in (self._header_timer, self._write_timer):
+            if timer is not None:
+                timer.cancel()
+        self._header_timer = self._write_timer = None
         if self._manager is None and self.transport is None:
             return  # refused at connection_made: aiohttp never knew this connection
         super().connection_lost(exc)
@@ -117,7 +167,7 @@ class GatewayRequestHandler(RequestHandler):
 
 
 class GatewayServer(web.Server):
-    def __init__(self, base: web.Server, limits: ConnectionLimits) -> None:
+    def __init__(self, base: web.Server, limits: ConnectionLimits, stats: ServerStats) -> None:
         super().__init__(
             base.request_handler,
             request_factory=base.request_factory,
@@ -126,9 +176,12 @@ class GatewayServer(web.Server):
             **base._kwargs,
         )
         self._limits = limits
+        self._stats = stats
 
     def __call__(self) -> RequestHandler:
-        return GatewayRequestHandler(self, loop=self._loop, limits=self._limits, **self._kwargs)
+        return GatewayRequestHandler(
+            self, loop=self._loop, limits=self._limits, stats=self._stats, **self._kwargs
+        )
 
 
 class GatewayRunner(web.AppRunner):
@@ -139,7 +192,8 @@ class GatewayRunner(web.AppRunner):
         self._limits = limits
 
     async def _make_server(self) -> web.Server:
-        return GatewayServer(await super()._make_server(), self._limits)
+        stats = self.app.get(SERVER_STATS) or ServerStats()
+        return GatewayServer(await super()._make_server(), self._limits, stats)
 
 
 async def serve(

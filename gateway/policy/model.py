@@ -201,6 +201,9 @@ class Server(Strict):
     max_headers: Annotated[int, Field(ge=16, le=1000)] = 128
     header_timeout: Duration = 10.0
     idle_timeout: Duration = 75.0
+    # A client that reads nothing of its answer for this long is cut off (NGINX's send_timeout): it would
+    # otherwise hold an upstream connection, and a few of them starve the pool for everyone.
+    write_timeout: Duration = 30.0
     max_connections: Annotated[int, Field(ge=1)] = 4096
     drain_timeout: Duration = 30.0
     # `/api%2Forders` routes as one segment here, but many upstreams (WSGI, PHP) decode it to `/api/orders`:
