@@ -8,9 +8,9 @@ import os
 import sys
 from pathlib import Path
 
+from gateway.perf.local import free_port
 from tests.support.process import ROOT
 from tests.support.raw import raw_request
-from gateway.perf.local import free_port
 
 POLICY = """
 version: 1
