@@ -559,7 +559,7 @@ class Route(Strict):
 
     name: Name = Field(description="The route's name: its label in metrics, logs and SLOs.")
     match: MatchField = Field(
-        description='`"METHOD /path"`, `"GET|HEAD /path"`, `"* /path/{param}/{rest:.*}"`: '
+        description='`"METHOD /path"`, `"GET|HEAD /path"`, `"* /path/{param}/{rest:.*}"`:'
         " `{name}` matches one path segment, `{name:regex}` the regex. A `GET` route also answers `HEAD`."
     )
     upstream: str = Field(description="The name of an upstream.")
