@@ -288,8 +288,9 @@ class Cors(Strict):
 
 
 class Server(Strict):
-    """The listener's limits, read at startup: a reload that changes them lists `server` in `restart_required`.
-    `max_body` is the exception: it is every route's default, applied with the reloaded policy."""
+    """The listener's limits, read at startup: a reload that changes them lists `server` in
+    `restart_required`. `max_body` is the exception: it is every route's default, applied with the reloaded
+    policy."""
 
     max_body: Size = Field(10 * 2**20, description="Default request body cap (-> 413), per route `max_body`.")
     max_field_size: Annotated[int, Field(ge=1024, le=65536)] = Field(
