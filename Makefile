@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-$(shell cksum pyproject.toml | cut -d' ' -f1)
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: run test lint schema perf bench soak docker test-tools clean
+.PHONY: run test lint schema docs perf bench soak docker test-tools clean
 
 $(STAMP): pyproject.toml
 	@test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -45,8 +45,14 @@ lint: $(STAMP)
 	  echo "make lint: pip-audit failed: a known vulnerability, or the advisory service (PyPI JSON API / OSV)"; \
 	  echo "           is unreachable from this machine and nothing could be audited; see the lines above"; exit 1; }
 
+# The policy's JSON Schema and its Markdown reference, both generated from gateway/policy/model.py (tests fail
+# when either committed file differs from what the model gives).
 schema: $(STAMP)
 	$(BIN)/python -m gateway schema > config/policy.schema.json
+	@mkdir -p docs
+	$(BIN)/python -m gateway schema --markdown > docs/policy-reference.md
+
+docs: schema
 
 # A load run judged against the SLOs (vegeta when on PATH, else the built-in attacker): make perf SCENARIO=abuse
 SCENARIO ?= steady

@@ -1,4 +1,4 @@
-"""Command line: `gateway serve`, `gateway check`, `gateway schema`."""
+"""Command line: `gateway serve`, `check`, `schema [--markdown]`, `alerts`, `perf`."""
 
 from __future__ import annotations
 
@@ -40,8 +40,13 @@ def cmd_check(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_schema(_: argparse.Namespace) -> int:
-    print(json.dumps(Policy.model_json_schema(mode="validation"), indent=2))
+def cmd_schema(args: argparse.Namespace) -> int:
+    if args.markdown:
+        from gateway.policy.reference import render_markdown
+
+        sys.stdout.write(render_markdown())
+    else:
+        print(json.dumps(Policy.model_json_schema(mode="validation"), indent=2))
     return 0
 
 
@@ -125,7 +130,10 @@ def main(argv: list[str] | None = None) -> int:
     check = sub.add_parser("check", help="validate a policy file (exit 1 with FILE:LINE key.path: message)")
     check.add_argument("file")
     check.set_defaults(func=cmd_check)
-    schema = sub.add_parser("schema", help="print the policy JSON Schema")
+    schema = sub.add_parser("schema", help="print the policy JSON Schema (--markdown: the policy reference)")
+    schema.add_argument(
+        "--markdown", action="store_true", help="print docs/policy-reference.md, generated from the schema"
+    )
     schema.set_defaults(func=cmd_schema)
     alerts = sub.add_parser("alerts", help="print Prometheus alert rules for a policy (--grafana: dashboard)")
     alerts.add_argument("file")

@@ -56,14 +56,40 @@ def _check_port(parts: SplitResult, what: str) -> None:
 class Storage(Strict):
     """Where rate-limit buckets and overrides live: Redis (shared by replicas) or in-process (one gateway)."""
 
-    redis_url: str | None = None
-    cluster: bool = False  # redis_url names one node of a Redis Cluster; the client discovers the rest
-    on_redis_error: Literal["local", "allow", "deny"] = "local"
-    timeout: Duration = 0.05
-    retry_interval: Duration = 1.0  # after a Redis failure, how long requests skip Redis before one probe
-    key_prefix: Annotated[str, Field(pattern=r"^[A-Za-z0-9_:.\-]{1,32}$")] = "gw"
-    local_max_keys: Annotated[int, Field(ge=100, le=10_000_000)] = 100_000
-    override_refresh: Duration = 1.0  # how often each replica re-reads the shared overrides from Redis
+    redis_url: str | None = Field(
+        None,
+        description="`redis://`, `rediss://` or `unix://` URL of the Redis shared by every replica (usually"
+        " `${REDIS_URL}`). Unset or empty: in-process buckets (one instance). Checked at load; shown with its"
+        " password masked.",
+    )
+    cluster: bool = Field(
+        False,
+        description="`true`: `redis_url` names one node of a Redis Cluster; the client discovers the rest."
+        " Limits keyed by the same value share a hash tag (one slot, one atomic call).",
+    )
+    on_redis_error: Literal["local", "allow", "deny"] = Field(
+        "local",
+        description="What a limit that does not say does when Redis is down or slow: `local` uses in-process"
+        " buckets, `allow` lets the request through, `deny` answers 503 `rate_limit_unavailable` with"
+        " `Retry-After`.",
+    )
+    timeout: Duration = Field(0.05, description="Deadline of one rate-limit check against Redis.")
+    retry_interval: Duration = Field(
+        1.0,
+        description="After a Redis failure, requests skip Redis this long, then one request probes it; the"
+        " first success brings it back.",
+    )
+    key_prefix: Annotated[str, Field(pattern=r"^[A-Za-z0-9_:.\-]{1,32}$")] = Field(
+        "gw",
+        description="Prefix of every Redis key: buckets `{prefix}:rl:{<hash>}:<limit>`, overrides"
+        " `{prefix}:rl:overrides`, the audit stream `<prefix>:audit`.",
+    )
+    local_max_keys: Annotated[int, Field(ge=100, le=10_000_000)] = Field(
+        100_000, description="In-process buckets kept at most (idle ones are dropped first)."
+    )
+    override_refresh: Duration = Field(
+        1.0, description="How often each replica re-reads the runtime rate-limit overrides from Redis."
+    )
 
     @field_validator("redis_url")
     @classmethod
@@ -92,20 +118,50 @@ class Identity(Strict):
     it after authenticating: a local auth proxy, an ingress); from anyone else it is ignored for limits and
     removed before the upstream sees it, and user-keyed limits fall back to the client IP."""
 
-    user_header: Annotated[str, Field(pattern=_HEADER_NAME.pattern)] = "X-User-Id"
-    user_networks: tuple[Network, ...] = LOOPBACK
-    trusted_proxies: tuple[Network, ...] = ()
+    user_header: Annotated[str, Field(pattern=_HEADER_NAME.pattern)] = Field(
+        "X-User-Id",
+        description="The header naming the user: the key of `user` limits and the runbook's admin id.",
+    )
+    user_networks: tuple[Network, ...] = Field(
+        LOOPBACK,
+        description="Peers whose user header is believed (a local auth proxy, an ingress, `make run`'s"
+        " clients). From anyone else it is ignored and removed before the upstream sees it.",
+    )
+    trusted_proxies: tuple[Network, ...] = Field(
+        (),
+        description="Proxies whose `X-Forwarded-*` claims are kept and extended; the client IP is then the"
+        " right-most untrusted `X-Forwarded-For` hop. From any other peer every address claim is dropped.",
+    )
 
 
 class Admin(Strict):
     """Who may call the ops API: bearer tokens from anywhere, `user_ids` only from `trusted_networks`."""
 
-    user_ids: tuple[Annotated[str, Field(min_length=1, max_length=128)], ...] = ()
-    trusted_networks: tuple[Network, ...] = LOOPBACK  # where the X-User-Id admin ids are believed
-    tokens_env: Annotated[str, Field(pattern=r"^[A-Za-z_][A-Za-z0-9_]*$")] = "GATEWAY_ADMIN_TOKENS"
-    tokens_file: str | None = None  # one token per line; lines starting with # are comments
-    metrics_networks: tuple[Network, ...] = LOOPBACK
-    listen: Annotated[str, Field(pattern=r"^[^\s:]+:\d{1,5}$")] | None = None
+    user_ids: tuple[Annotated[str, Field(min_length=1, max_length=128)], ...] = Field(
+        (), description="Admin ids, sent in `identity.user_header` (the runbook's `X-User-Id: <admin-uuid>`)."
+    )
+    trusted_networks: tuple[Network, ...] = Field(
+        LOOPBACK,
+        description="Where the admin ids of `user_ids` are believed. Behind a proxy in"
+        " `identity.trusted_proxies` the client is the address the proxy forwarded for.",
+    )
+    tokens_env: Annotated[str, Field(pattern=r"^[A-Za-z_][A-Za-z0-9_]*$")] = Field(
+        "GATEWAY_ADMIN_TOKENS",
+        description="Environment variable holding comma-separated bearer tokens (16 characters or more;"
+        " shorter ones are ignored with a warning), accepted from any network.",
+    )
+    tokens_file: str | None = Field(
+        None, description="A file of bearer tokens: one per line, lines starting with `#` are comments."
+    )
+    metrics_networks: tuple[Network, ...] = Field(
+        LOOPBACK,
+        description="Peers allowed to scrape `GET /metrics` (anything else gets 403; `X-Forwarded-For` is not"
+        " believed).",
+    )
+    listen: Annotated[str, Field(pattern=r"^[^\s:]+:\d{1,5}$")] | None = Field(
+        None,
+        description="A separate admin listener: not supported yet, and refused rather than ignored.",
+    )
 
     @field_validator("listen")
     @classmethod
@@ -119,10 +175,17 @@ class Admin(Strict):
 class SloSettings(Strict):
     """How SLOs are measured: the sliding window of percentiles and error rates, and what is an error."""
 
-    window: Duration = 300.0  # kept in 10 s steps; burn rates always use 5m/30m/1h/6h
-    count_429_as_error: bool = False  # by default only 5xx are errors and 429s are counted apart
-    buckets: Annotated[tuple[Duration, ...], Field(min_length=1, max_length=40)] | None = (
-        None  # histogram bounds
+    window: Duration = Field(
+        300.0,
+        description="Window of the p50/p95/p99 and error rates, 30s to 6h, kept in 10 s steps; burn rates"
+        " always use 5m/30m/1h/6h.",
+    )
+    count_429_as_error: bool = Field(
+        False, description="By default only 5xx are errors and 429s are counted apart (`throttled`)."
+    )
+    buckets: Annotated[tuple[Duration, ...], Field(min_length=1, max_length=40)] | None = Field(
+        None,
+        description="Latency histogram bounds of `/metrics`; every SLO target is always added as a bound.",
     )
 
     @field_validator("window")
@@ -136,17 +199,35 @@ class SloSettings(Strict):
 class Audit(Strict):
     """The audit trail: a Redis Stream when storage.redis_url is set, else JSON-lines files under `dir`."""
 
-    dir: Annotated[str, Field(min_length=1)] = "data/audit"  # relative to the policy file's directory
-    max_events: Annotated[int, Field(ge=100)] = 100_000  # Redis Stream cap (MAXLEN ~)
-    max_age: Duration = 7 * 86400.0  # older events are trimmed (Redis MINID) or their files deleted
-    queue_size: Annotated[int, Field(ge=10, le=10_000_000)] = (
-        10_000  # events waiting to be written; more drop
+    dir: Annotated[str, Field(min_length=1)] = Field(
+        "data/audit",
+        description="File backend only: directory of the JSON-lines files, relative to the policy file's"
+        " directory.",
     )
-    max_file_size: Annotated[Size, Field(ge=4096)] = 64 * 2**20  # a JSON-lines file rotates past this size
+    max_events: Annotated[int, Field(ge=100)] = Field(
+        100_000, description="Redis backend: cap of each audit stream (`MAXLEN ~`)."
+    )
+    max_age: Duration = Field(
+        7 * 86400.0, description="Older events are trimmed (Redis `MINID`) or their files deleted."
+    )
+    queue_size: Annotated[int, Field(ge=10, le=10_000_000)] = Field(
+        10_000,
+        description="Events waiting to be written; when the queue is full an event is dropped and counted"
+        " (`dropped` in `/api/ops/health`).",
+    )
+    max_file_size: Annotated[Size, Field(ge=4096)] = Field(
+        64 * 2**20, description="File backend: a JSON-lines file rotates past this size."
+    )
 
 
 class Alerts(Strict):
-    webhook_url: Annotated[str, Field(pattern=r"^https?://")] | None = None
+    """Where breaker alerts are pushed, besides the Prometheus rules rendered by `gateway alerts`."""
+
+    webhook_url: Annotated[str, Field(pattern=r"^https?://")] | None = Field(
+        None,
+        description="An Alertmanager-compatible webhook: each breaker opening POSTs `CircuitBreakerOpen`"
+        " (resolved when it closes), from a bounded queue with retries; the request path never waits.",
+    )
 
 
 _ORIGIN = re.compile(r"^https?://[A-Za-z0-9.\-]+(:\d{1,5})?$|^https?://\[[0-9A-Fa-f:.]+\](:\d{1,5})?$")
@@ -155,12 +236,23 @@ _ORIGIN = re.compile(r"^https?://[A-Za-z0-9.\-]+(:\d{1,5})?$|^https?://\[[0-9A-F
 class Cors(Strict):
     """CORS for the proxied routes (never the ops API); preflights are answered by the gateway."""
 
-    origins: tuple[str, ...] = ()  # exact origins such as https://app.example.com, or "*"
-    methods: tuple[str, ...] = ("GET", "POST", "PUT", "PATCH", "DELETE", "OPTIONS")
-    headers: tuple[str, ...] = ("*",)
-    expose_headers: tuple[str, ...] = ("X-Request-Id", "RateLimit", "RateLimit-Policy", "Retry-After")
-    credentials: bool = False
-    max_age: Duration | None = None
+    origins: tuple[str, ...] = Field(
+        (),
+        description="Exact origins such as `https://app.example.com` (scheme://host[:port], no path), or"
+        ' `"*"` (not with `credentials`: refused at load).',
+    )
+    methods: tuple[str, ...] = Field(
+        ("GET", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"), description="Methods a preflight may ask for."
+    )
+    headers: tuple[str, ...] = Field(("*",), description="Request headers a preflight may ask for.")
+    expose_headers: tuple[str, ...] = Field(
+        ("X-Request-Id", "RateLimit", "RateLimit-Policy", "Retry-After"),
+        description="Response headers a browser script may read (`Access-Control-Expose-Headers`).",
+    )
+    credentials: bool = Field(False, description="Send `Access-Control-Allow-Credentials: true`.")
+    max_age: Duration | None = Field(
+        None, description="How long a browser may cache a preflight answer (`Access-Control-Max-Age`)."
+    )
 
     @field_validator("origins")
     @classmethod
@@ -196,19 +288,44 @@ class Cors(Strict):
 
 
 class Server(Strict):
-    max_body: Size = 10 * 2**20
-    max_field_size: Annotated[int, Field(ge=1024, le=65536)] = 8190
-    max_headers: Annotated[int, Field(ge=16, le=1000)] = 128
-    header_timeout: Duration = 10.0
-    idle_timeout: Duration = 75.0
-    # A client that reads nothing of its answer for this long is cut off (NGINX's send_timeout): it would
-    # otherwise hold an upstream connection, and a few of them starve the pool for everyone.
-    write_timeout: Duration = 30.0
-    max_connections: Annotated[int, Field(ge=1)] = 4096
-    drain_timeout: Duration = 30.0
+    """The listener's limits, read at startup: a reload that changes them lists `server` in
+    `restart_required`. `max_body` is the exception: it is every route's default, applied with the reloaded
+    policy."""
+
+    max_body: Size = Field(10 * 2**20, description="Default request body cap (-> 413), per route `max_body`.")
+    max_field_size: Annotated[int, Field(ge=1024, le=65536)] = Field(
+        8190, description="Largest header line in bytes (-> 431)."
+    )
+    max_headers: Annotated[int, Field(ge=16, le=1000)] = Field(
+        128, description="Most headers in one request (-> 431)."
+    )
+    header_timeout: Duration = Field(
+        10.0,
+        description="A new connection must complete its first request head within this (slowloris); aiohttp"
+        " alone would wait until the keep-alive timer.",
+    )
+    idle_timeout: Duration = Field(75.0, description="Idle keep-alive connections are closed after this.")
+    write_timeout: Duration = Field(
+        30.0,
+        description="A client that reads nothing of its answer for this long is cut off (NGINX's"
+        " `send_timeout`): counted as the client's fault (499 `client_stalled`), never a breaker failure nor"
+        " in the route's SLO, and its upstream connection is retired. Without it a few stalled readers hold"
+        " every pooled upstream connection.",
+    )
+    max_connections: Annotated[int, Field(ge=1)] = Field(
+        4096, description="Connections beyond this get a 503 and are closed."
+    )
+    drain_timeout: Duration = Field(
+        30.0, description="On SIGTERM, how long in-flight requests get to finish."
+    )
     # `/api%2Forders` routes as one segment here, but many upstreams (WSGI, PHP) decode it to `/api/orders`:
     # it would dodge that route's limits. reject: 400 (Envoy's REJECT_REQUEST); keep: forwarded as sent.
-    escaped_slashes: Literal["reject", "keep"] = "reject"
+    escaped_slashes: Literal["reject", "keep"] = Field(
+        "reject",
+        description="`reject`: a path with `%2F` or `%5C` is a 400 (`/api%2Forders` would miss the `orders`"
+        " route here, yet WSGI or PHP upstreams decode it to `/api/orders`); `keep`: forwarded as sent, for"
+        " APIs that put encoded slashes in ids.",
+    )
 
 
 # What a breaker counts as a failure: a class, or one exact status (e.g. 500, 502, 504 without 503 so that
@@ -217,15 +334,38 @@ FailureOn = Literal["5xx", "timeout", "connect_error", "429"] | Annotated[int, F
 
 
 class Breaker(Strict):
-    consecutive_failures: Annotated[int, Field(ge=1)] | None = 5
-    failure_rate: Percent | None = 0.5
-    window: Annotated[int, Field(ge=1, le=10_000)] | Duration = 20  # an int counts calls, a duration is time
-    min_calls: Annotated[int, Field(ge=1)] = 10
-    slow_call: Duration | None = None
-    slow_call_rate: Percent | None = None
-    reset_timeout: Duration = 60.0
-    half_open_requests: Annotated[int, Field(ge=1, le=1000)] = 1
-    failure_on: Annotated[tuple[FailureOn, ...], Field(min_length=1)] = ("5xx", "timeout", "connect_error")
+    """A circuit breaker: CLOSED counts calls, OPEN answers 503 at once, HALF_OPEN admits a few probes."""
+
+    consecutive_failures: Annotated[int, Field(ge=1)] | None = Field(
+        5, description="Open after this many failures in a row (`null`: off)."
+    )
+    failure_rate: Percent | None = Field(
+        0.5, description="...or when at least this share of the last `window` calls failed (`null`: off)."
+    )
+    window: Annotated[int, Field(ge=1, le=10_000)] | Duration = Field(
+        20, description="An integer counts calls; a duration such as `30s` is a time window."
+    )
+    min_calls: Annotated[int, Field(ge=1)] = Field(
+        10, description="No rate verdict before this many calls in the window (at most a counted `window`)."
+    )
+    slow_call: Duration | None = Field(
+        None,
+        description="A call at least this slow (to the response head) is slow; set with `slow_call_rate`.",
+    )
+    slow_call_rate: Percent | None = Field(
+        None, description="...and this share of slow calls in the window opens the breaker."
+    )
+    reset_timeout: Duration = Field(60.0, description="OPEN -> HALF_OPEN after this long.")
+    half_open_requests: Annotated[int, Field(ge=1, le=1000)] = Field(
+        1,
+        description="Concurrent probes in HALF_OPEN (every other call gets 503 at once); when that many have"
+        " succeeded the breaker closes, one failure reopens it.",
+    )
+    failure_on: Annotated[tuple[FailureOn, ...], Field(min_length=1)] = Field(
+        ("5xx", "timeout", "connect_error"),
+        description="What counts as a failure: `5xx` (upstream 5xx answers and dropped or garbled"
+        " connections), `timeout`, `connect_error`, `429`, or exact statuses such as `500`, `502`.",
+    )
 
     @field_validator("window", mode="before")
     @classmethod
@@ -251,12 +391,26 @@ class Breaker(Strict):
 class RateLimit(Strict):
     """A named token bucket: `rate` requests per `per`, bursts up to `burst`, one bucket per `key` value."""
 
-    rate: Annotated[int, Field(gt=0, le=1_000_000_000)]
-    per: Duration
-    burst: Annotated[int, Field(gt=0, le=1_000_000_000)] | None = None
-    key: str = "user"
-    shadow: bool = False
-    on_redis_error: Literal["local", "allow", "deny"] | None = None
+    rate: Annotated[int, Field(gt=0, le=1_000_000_000)] = Field(
+        description="Requests allowed per `per` (the sustained rate); an ops override replaces it at runtime."
+    )
+    per: Duration = Field(description="The period of `rate`, such as `1s` or `1h`.")
+    burst: Annotated[int, Field(gt=0, le=1_000_000_000)] | None = Field(
+        None, description="Bucket size: requests allowed at once; defaults to `rate`."
+    )
+    key: str = Field(
+        "user",
+        description="One bucket per value of: `user` (the user header from `identity.user_networks`, else the"
+        " client IP), `ip`, `route`, `global`, or `header:NAME` (the client IP when the header is absent).",
+    )
+    shadow: bool = Field(
+        False,
+        description="Evaluate and count (and audit `rate_limit_hit` with `shadow: true`) but never refuse and"
+        " send no headers: a dry run before enforcing.",
+    )
+    on_redis_error: Literal["local", "allow", "deny"] | None = Field(
+        None, description="This limit's answer when Redis is down or slow; default `storage.on_redis_error`."
+    )
 
     @model_validator(mode="after")
     def _interval(self) -> RateLimit:
@@ -287,9 +441,14 @@ RetryOn = Literal["connect_error", "timeout", "reset", "502", "503", "504"]
 
 
 class Retries(Strict):
-    attempts: Annotated[int, Field(ge=1, le=10)] = 2
-    backoff: Duration = 0.05
-    on: tuple[RetryOn, ...] = ("connect_error", "502", "503", "504")
+    """Retries of one route, only for requests safe to send twice (GET, HEAD, OPTIONS, PUT, DELETE, or any
+    method with an `Idempotency-Key`), within the upstream's `retry_budget`."""
+
+    attempts: Annotated[int, Field(ge=1, le=10)] = Field(2, description="Every try, the first included.")
+    backoff: Duration = Field(0.05, description="Base of the exponential backoff (with jitter).")
+    on: tuple[RetryOn, ...] = Field(
+        ("connect_error", "502", "503", "504"), description="The outcomes retried."
+    )
 
     @field_validator("on", mode="before")
     @classmethod
@@ -300,12 +459,18 @@ class Retries(Strict):
 
 
 class Slo(Strict):
-    p50: Duration | None = None
-    p95: Duration | None = None
-    p99: Duration | None = None
-    error_rate: Percent | None = None
-    alias: Name | None = (
-        None  # extra short key in /api/ops/metrics: p95_<alias> (e.g. the runbook's horoscopes)
+    """A route's targets (at least one): each latency target is also a histogram bound and an alert."""
+
+    p50: Duration | None = Field(None, description="Median latency target.")
+    p95: Duration | None = Field(None, description="95th percentile latency target.")
+    p99: Duration | None = Field(None, description="99th percentile latency target.")
+    error_rate: Percent | None = Field(
+        None, description="Allowed share of errors (5xx): the error budget, above 0% and below 100%."
+    )
+    alias: Name | None = Field(
+        None,
+        description="An extra short key in `/api/ops/metrics`: `p95_<alias>` (e.g. the runbook's"
+        " `horoscopes`); must not be another route's name or alias.",
     )
 
     @field_validator("error_rate")
@@ -398,17 +563,29 @@ MatchField = Annotated[
 
 
 class Route(Strict):
-    name: Name
-    match: MatchField
-    upstream: str
-    strip_prefix: Annotated[str, Field(pattern=r"^/")] | None = None
-    slo: Slo | None = None
-    rate_limits: tuple[str, ...] = ()
-    breaker: str | None = None
-    timeout: Duration | None = None
-    connect_timeout: Duration | None = None
-    max_body: Size | None = None
-    retries: Retries | None = None
+    """Which requests go where, under which limits. An exact path beats a pattern; among patterns the longest
+    literal prefix wins, ties go to file order; within each, a route naming the method beats `*`."""
+
+    name: Name = Field(description="The route's name: its label in metrics, logs and SLOs.")
+    match: MatchField = Field(
+        description='`"METHOD /path"`, `"GET|HEAD /path"`, `"* /path/{param}/{rest:.*}"`:'
+        " `{name}` matches one path segment, `{name:regex}` the regex. A `GET` route also answers `HEAD`."
+    )
+    upstream: str = Field(description="The name of an upstream.")
+    strip_prefix: Annotated[str, Field(pattern=r"^/")] | None = Field(
+        None, description="Removed from the path before forwarding; must be a prefix of the match path."
+    )
+    slo: Slo | None = Field(None, description="The route's SLO targets.")
+    rate_limits: tuple[str, ...] = Field(
+        (), description="Names of limits in `rate_limits`, all decided together for each request."
+    )
+    breaker: str | None = Field(
+        None, description="A breaker of the route's own; default the upstream's (shared by its routes)."
+    )
+    timeout: Duration | None = Field(None, description="Overrides the upstream's `timeout`.")
+    connect_timeout: Duration | None = Field(None, description="Overrides the upstream's `connect_timeout`.")
+    max_body: Size | None = Field(None, description="Request body cap (-> 413); default `server.max_body`.")
+    retries: Retries | None = Field(None, description="Retries; off unless declared.")
 
     @field_validator("match", mode="before")
     @classmethod
@@ -419,14 +596,27 @@ class Route(Strict):
 
 
 class Upstream(Strict):
-    url: Annotated[str, Field(pattern=r"^https?://[^/\s?#]+(/[^\s?#]*)?$")]
-    connect_timeout: Duration = 1.0
-    timeout: Duration = 15.0
-    breaker: str | None = None
-    preserve_host: bool = False
-    max_connections: Annotated[int, Field(ge=1, le=100_000)] = 256
-    max_requests: Annotated[int, Field(ge=1, le=1_000_000)] = 1024
-    retry_budget: Percent = 0.2
+    """A service the gateway forwards to, with one pool of keep-alive connections."""
+
+    url: Annotated[str, Field(pattern=r"^https?://[^/\s?#]+(/[^\s?#]*)?$")] = Field(
+        description="`http(s)://host[:port][/base-path]`, without credentials, query or fragment."
+    )
+    connect_timeout: Duration = Field(1.0, description="Connect deadline (-> 502 `connect_error`).")
+    timeout: Duration = Field(15.0, description="Whole-response deadline (-> 504 `timeout`).")
+    breaker: str | None = Field(
+        None, description="The name of a breaker, shared by every route of this upstream."
+    )
+    preserve_host: bool = Field(False, description="Send the client's `Host` instead of the upstream's.")
+    max_connections: Annotated[int, Field(ge=1, le=100_000)] = Field(256, description="Connection pool size.")
+    max_requests: Annotated[int, Field(ge=1, le=1_000_000)] = Field(
+        1024,
+        description="Requests in flight to this upstream before the gateway answers 503 with `Retry-After`.",
+    )
+    retry_budget: Percent = Field(
+        0.2,
+        description="Retries may not exceed this share of the upstream's requests over the last 10 s (with a"
+        " floor of 3 retries per second).",
+    )
 
     @field_validator("url", mode="before")
     @classmethod
@@ -449,19 +639,29 @@ class Upstream(Strict):
 
 
 class Policy(Strict):
-    version: Literal[1]
-    storage: Storage = Storage()
-    identity: Identity = Identity()
-    admin: Admin = Admin()
-    slo: SloSettings = SloSettings()
-    audit: Audit = Audit()
-    alerts: Alerts = Alerts()
-    cors: Cors | None = None
-    server: Server = Server()
-    upstreams: Annotated[dict[Name, Upstream], Field(min_length=1)]
-    breakers: dict[Name, Breaker] = {}
-    rate_limits: dict[Name, RateLimit] = {}
-    routes: Annotated[tuple[Route, ...], Field(min_length=1)]
+    """The whole of policies.yaml."""
+
+    version: Literal[1] = Field(description="The format's version: must be `1`.")
+    storage: Storage = Field(Storage(), description="Where rate-limit buckets and overrides live.")
+    identity: Identity = Field(Identity(), description="Who the caller is: user header, trusted proxies.")
+    admin: Admin = Field(Admin(), description="Who may call the ops API and scrape `/metrics`.")
+    slo: SloSettings = Field(SloSettings(), description="How SLOs are measured.")
+    audit: Audit = Field(Audit(), description="The audit trail's backend and limits.")
+    alerts: Alerts = Field(Alerts(), description="Alert delivery.")
+    cors: Cors | None = Field(
+        None,
+        description="CORS for the proxied routes; without it the gateway adds nothing and preflights go to"
+        " the upstream.",
+    )
+    server: Server = Field(Server(), description="The listener's limits.")
+    upstreams: Annotated[dict[Name, Upstream], Field(min_length=1)] = Field(
+        description="The services behind the gateway, by name."
+    )
+    breakers: dict[Name, Breaker] = Field({}, description="Circuit breakers, by name.")
+    rate_limits: dict[Name, RateLimit] = Field({}, description="Token buckets, by name, attached to routes.")
+    routes: Annotated[tuple[Route, ...], Field(min_length=1)] = Field(
+        description="The routes, matched by specificity (exact paths first), not only by order."
+    )
 
     def reference_errors(self) -> list[tuple[tuple[str | int, ...], str]]:
         """Cross-references a schema cannot check: (key path, message) for each problem."""
