@@ -45,7 +45,7 @@ async def test_stalled_readers_are_cut_off_and_never_starve_the_pool_or_open_the
     stalled = [await stalled_reader(gw.port) for _ in range(2)]
     try:
         await asyncio.sleep(0.1)  # let both take a pooled connection (the load the attack needs)
-        # A normal client gets its answer: the stalled ones are cut at the write deadline, freeing their slots.
+        # A normal client gets its answer: the stalled ones are cut at the write deadline (slots freed).
         for _ in range(3):
             status, _, body = await raw_request(gw.port, b"GET /ok HTTP/1.1\r\nHost: x\r\n\r\n", wait=5)
             assert status == 200, body
