@@ -16,12 +16,14 @@ from typing import Any
 
 import aiohttp_cors
 from aiohttp import hdrs, web
+from aiohttp.typedefs import Middleware
 
 from gateway.ops.http import add_ops_fallback, problem
 from gateway.policy.model import Cors
+from gateway.server import defer_continue
 
 ProxyHandler = Callable[[web.Request], Awaitable[web.StreamResponse]]
-CATCH_ALL = "/{tail:.*}"
+CATCH_ALL = r"/{tail:[\s\S]*}"
 _ANSWERED_HERE = web.RequestKey(
     "cors_preflight", bool
 )  # the gateway's own preflight answer: keep its headers
@@ -50,6 +52,20 @@ def cors_options(cors: Cors) -> dict[str, aiohttp_cors.ResourceOptions]:
     return {origin: options for origin in cors.origins}
 
 
+def _every_target(pipeline: ProxyHandler) -> Middleware:
+    """A request no route takes (`OPTIONS *`, `CONNECT host:443`: targets that are not a path) is still
+    answered by the pipeline: JSON, a request id, an access log line and an SLO record, never aiohttp's
+    plain-text 404. (Every path is taken by the catch-all route: its pattern matches line breaks too.)"""
+
+    @web.middleware
+    async def every_target(request: web.Request, handler: ProxyHandler) -> web.StreamResponse:
+        if request.match_info.http_exception is not None:
+            return await pipeline(request)
+        return await handler(request)
+
+    return every_target
+
+
 def add_proxy_route(app: web.Application, handler: ProxyHandler, cors: Cors | None) -> web.AbstractRoute:
     """Register the catch-all proxy route (last), with CORS when the policy has `cors:` with origins.
 
@@ -57,8 +73,9 @@ def add_proxy_route(app: web.Application, handler: ProxyHandler, cors: Cors | No
     no /api/ops/ path falls through to the upstream.
     """
     add_ops_fallback(app)
+    app.middlewares.append(_every_target(handler))
     if cors is None or not cors.origins:
-        return app.router.add_route("*", CATCH_ALL, handler)
+        return app.router.add_route("*", CATCH_ALL, handler, expect_handler=defer_continue)
     config = cors_options(cors)
     allowed_methods = frozenset(cors.methods)
 
@@ -93,7 +110,7 @@ def add_proxy_route(app: web.Application, handler: ProxyHandler, cors: Cors | No
             return await handler(request)
 
     resource = app.router.add_resource(CATCH_ALL)
-    route = resource.add_route("*", ProxyView)
+    route = resource.add_route("*", ProxyView, expect_handler=defer_continue)
 
     async def drop_upstream_cors(request: web.Request, response: web.StreamResponse) -> None:
         if request.match_info.route is route and not request.get(_ANSWERED_HERE):

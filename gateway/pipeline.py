@@ -35,13 +35,17 @@ from gateway.proxy import (
 from gateway.retry import BreakerOpened, send_with_retries
 from gateway.routing import normalize_path
 from gateway.runtime import CompiledRoute, Runtime
-from gateway.server import GatewayRequestHandler
+from gateway.server import GatewayRequestHandler, send_continue
 
 log = get_logger("gateway.request")
 _REQUEST_ID = re.compile(r"^[A-Za-z0-9._:\-]{1,128}$")
 _ESCAPED_SLASH = re.compile(r"%(?:2F|5C)")  # normalize_path has upper-cased every escape
 Observer = Callable[[Exchange], None]
 _clock = time.perf_counter  # uvloop's loop.time() only has millisecond resolution
+# RFC 9110 7.6.3: each proxy adds itself to Via. The received-by name is random per process, so that two
+# gateways in a chain (one service's sidecar calling another's) never take each other for a loop.
+_VIA_TOKEN = f"gw-{random.getrandbits(48):012x}"
+_VIA = f"1.1 {_VIA_TOKEN}"
 
 
 def json_error(
@@ -191,6 +195,12 @@ class Pipeline:
             # the ops namespace is the gateway's own and is never proxied.
             return self._refuse(exchange, 404, "no_route", reason="not_found",
                                 detail=f"no ops endpoint {request.method} {path}")
+        via = request.headers.getall("Via", ())
+        if via and _VIA_TOKEN in ",".join(via):
+            # Our own token: this request already passed through this gateway. An upstream that points back at
+            # the gateway (a typo away) would otherwise recurse until something runs out.
+            return self._refuse(exchange, 508, "loop_detected",
+                                detail="the request already passed through this gateway (Via)")
         route = exchange.route = exchange.runtime.router.match(request.method, path)
         if route is None:
             return self._refuse(exchange, 404, "no_route", detail=f"no route matches {request.method} {path}")
@@ -267,6 +277,8 @@ class Pipeline:
         client = route.client
         url = client.base + upstream_path(exchange.path, route) + exchange.query
         send_headers = self._upstream_headers(exchange, route)
+        prior_via = request.headers.getall("Via", ())
+        send_headers["Via"] = ", ".join((*prior_via, _VIA)) if prior_via else _VIA
         retry = route.retries
         attempts = 1
         body: BodyStream | bytes | None = None
@@ -278,8 +290,10 @@ class Pipeline:
         ):
             attempts = retry.attempts
             if request.body_exists:
+                await send_continue(request)
                 body = await request.read()  # known length <= MAX_REPLAY_BODY: buffered to be sent again
         if request.body_exists:
+            await send_continue(request)  # admitted: only now may a client waiting on 100-continue send
             if body is None:
                 body = BodyStream(request, route.max_body)
             if length is not None:

@@ -55,6 +55,25 @@ class ServerStats:
 
 
 SERVER_STATS = web.AppKey("server_stats", ServerStats)
+_CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
+
+
+async def defer_continue(request: web.Request) -> web.StreamResponse | None:
+    """A route's expect_handler: `100 Continue` waits for the decision (aiohttp's own sends it before the
+    handler has looked at the request, then 413, 401 or 429 follows). Any other expectation: 417."""
+    if request.headers.get("Expect", "").lower() == "100-continue":
+        return None  # `send_continue` answers it once the request is admitted
+    body = orjson.dumps({"error": "expectation_failed", "detail": "only Expect: 100-continue is supported"})
+    return web.Response(status=417, body=body, content_type="application/json")
+
+
+async def send_continue(request: web.BaseRequest) -> None:
+    """Tell a client waiting on `Expect: 100-continue` to send its body: call once it is admitted."""
+    if request.version >= (1, 1) and request.headers.get("Expect", "").lower() == "100-continue":
+        writer = request.writer
+        if writer.output_size == 0:  # not twice, and never after a response has started
+            await writer.write(_CONTINUE)
+            writer.output_size = 0
 
 
 def _busy_response() -> bytes:

@@ -12,6 +12,7 @@ from aiohttp import web
 
 from gateway.breaker import Breaker
 from gateway.ops.http import admin_only, json_response, problem, read_json, record_action
+from gateway.server import defer_continue
 
 ACTIONS = ("close", "open", "reset")
 # The current runtime's breakers (app.py sets it): read per call, so a reload is seen at once.
@@ -69,4 +70,4 @@ def add_routes(app: web.Application) -> None:
     """Register the breaker ops endpoints (before the proxy's catch-all)."""
     app.router.add_get("/api/ops/breakers", list_breakers)
     app.router.add_get("/api/ops/breakers/{name}", show_breaker)
-    app.router.add_post("/api/ops/breakers/{name}", control_breaker)
+    app.router.add_post("/api/ops/breakers/{name}", control_breaker, expect_handler=defer_continue)

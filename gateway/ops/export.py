@@ -25,6 +25,7 @@ from gateway.audit import iso
 from gateway.logs import get_logger
 from gateway.ops.http import GATEWAY_VIEW, GatewayView, admin_only, problem, read_json
 from gateway.runtime import Runtime
+from gateway.server import defer_continue
 
 log = get_logger("gateway.ops.export")
 
@@ -367,4 +368,4 @@ async def export(request: web.Request) -> web.StreamResponse:
 
 def add_routes(app: web.Application) -> None:
     """Register POST /api/ops/export (admin only)."""
-    app.router.add_post("/api/ops/export", export)
+    app.router.add_post("/api/ops/export", export, expect_handler=defer_continue)

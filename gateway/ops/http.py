@@ -22,6 +22,7 @@ from gateway.identity import forwarded_for
 from gateway.logs import get_logger
 from gateway.ops.auth import AdminAuth
 from gateway.runtime import Runtime
+from gateway.server import send_continue
 
 log = get_logger("gateway.ops")
 
@@ -87,6 +88,7 @@ async def read_json(request: web.Request, max_bytes: int = 1 << 20) -> Any:
         raise _http_error(web.HTTPRequestEntityTooLarge, "body_too_large",
                           f"the body is over {max_bytes} bytes", max_size=max_bytes,
                           actual_size=request.content_length)
+    await send_continue(request)  # admitted (the admin gate ran first): now the client may send its body
     raw = await request.content.read(max_bytes + 1)
     if len(raw) > max_bytes:
         raise _http_error(web.HTTPRequestEntityTooLarge, "body_too_large",
@@ -200,4 +202,4 @@ async def _ops_not_found(request: web.Request) -> web.Response:
 
 def add_ops_fallback(app: web.Application) -> None:
     """After every ops route: the /api/ops/ namespace is the gateway's and never reaches the upstream."""
-    app.router.add_route("*", OPS_PREFIX + "/{tail:.*}", _ops_not_found)
+    app.router.add_route("*", OPS_PREFIX + r"/{tail:[\s\S]*}", _ops_not_found)

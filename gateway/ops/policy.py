@@ -7,6 +7,7 @@ from aiohttp import web
 from gateway.audit import iso
 from gateway.ops.http import admin_only, json_response, problem, read_json, record_action
 from gateway.reload import RELOADER, ReloadResult, RollbackUnavailable
+from gateway.server import defer_continue
 
 
 @admin_only
@@ -57,5 +58,5 @@ async def get_policy(request: web.Request) -> web.StreamResponse:
 
 def add_routes(app: web.Application) -> None:
     """Register the policy ops endpoints (before the catch-all proxy route)."""
-    app.router.add_post("/api/ops/reload", post_reload)
+    app.router.add_post("/api/ops/reload", post_reload, expect_handler=defer_continue)
     app.router.add_get("/api/ops/policy", get_policy)

@@ -17,6 +17,7 @@ from gateway.events import Events
 from gateway.ops.http import PRINCIPAL, admin_only, json_response, problem, read_json
 from gateway.ratelimit.limiter import Limiter
 from gateway.ratelimit.redis import STORE_ERRORS
+from gateway.server import defer_continue
 
 MAX_RATE = 1_000_000_000
 # The current limiter (None before start) and the event bus the changes are audited on.
@@ -103,4 +104,4 @@ async def post_rate_limits(request: web.Request) -> web.StreamResponse:
 def add_routes(app: web.Application) -> None:
     """Register the endpoints; `app[RATE_LIMITS]` must give the current limiter and the event bus."""
     app.router.add_get("/api/ops/rate_limits", get_rate_limits)
-    app.router.add_post("/api/ops/rate_limits", post_rate_limits)
+    app.router.add_post("/api/ops/rate_limits", post_rate_limits, expect_handler=defer_continue)
