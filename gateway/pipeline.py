@@ -205,6 +205,9 @@ class Pipeline:
         if route is None:
             return self._refuse(exchange, 404, "no_route", detail=f"no route matches {request.method} {path}")
         exchange.outcome.route = route.name
+        if route.allow_from and not route.allows(exchange.identity.ip):
+            return self._refuse(exchange, 403, "forbidden_source", route=route.name,
+                                detail="this route only serves the networks in its allow_from")
 
         length = request.content_length
         if length is not None and length > route.max_body:

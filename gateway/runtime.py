@@ -7,6 +7,7 @@ previous runtime when their settings did not change.
 
 from __future__ import annotations
 
+import ipaddress
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -16,7 +17,7 @@ import aiohttp
 
 from gateway.breaker import Breaker, build_breakers, transition_listener
 from gateway.events import Events
-from gateway.identity import ClientResolver
+from gateway.identity import ClientResolver, Network
 from gateway.policy.loader import LoadedPolicy
 from gateway.policy.model import Policy, Route, Upstream
 from gateway.proxy import UpstreamClient
@@ -42,6 +43,15 @@ class CompiledRoute:
     breaker: Breaker | None  # the route's own breaker, else its upstream's, shared by the upstream's routes
     retry_budget: RetryBudget | None  # the upstream's, shared with its other routes
     limits: RouteLimits | None = None  # the route's rate limits, checked by `Runtime.limiter`
+    allow_from: tuple[Network, ...] = ()  # empty: every client
+
+    def allows(self, ip: str) -> bool:
+        """Whether a client at `ip` may use the route (`allow_from`)."""
+        try:
+            address = ipaddress.ip_address(ip)
+        except ValueError:
+            return False  # "unknown" (no peer address) is no source network
+        return any(address in net for net in self.allow_from)
 
 
 class Resource(Protocol):
@@ -120,6 +130,7 @@ def compile_route(
         # Every route of the upstream counts toward its budget, so retries are a share of all its traffic.
         retry_budget=(budgets or {}).get(route.upstream),
         limits=route_limits(route),
+        allow_from=route.allow_from,
     )
 
 

@@ -586,6 +586,13 @@ class Route(Strict):
     connect_timeout: Duration | None = Field(None, description="Overrides the upstream's `connect_timeout`.")
     max_body: Size | None = Field(None, description="Request body cap (-> 413); default `server.max_body`.")
     retries: Retries | None = Field(None, description="Retries; off unless declared.")
+    allow_from: tuple[Network, ...] = Field(
+        (),
+        description="Source networks the route serves (the client address as `identity` resolves it); any"
+        " other client gets 403 `forbidden_source`. Empty: every client. An egress route (the app's calls to"
+        " a third party through the gateway) should name the app's own address: otherwise anyone can relay"
+        " through it and trip its breaker for everyone.",
+    )
 
     @field_validator("match", mode="before")
     @classmethod
