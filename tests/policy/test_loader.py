@@ -47,7 +47,7 @@ def test_check_command_lists_every_error_and_exits_1(tmp_path: Path) -> None:
     assert run.stderr.splitlines() == [
         f"{policy}:3 upstreams.app.timeout: bad duration '5x' (use a number with ms, s, m, h or d)",
         f"{policy}:5 routes[0].nope: unknown key 'nope' (known: name, match, upstream, strip_prefix, slo,"
-        " rate_limits, breaker, timeout, connect_timeout, max_body, retries)",
+        " rate_limits, breaker, timeout, connect_timeout, max_body, retries, allow_from)",
     ]
 
 
