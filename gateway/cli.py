@@ -81,8 +81,19 @@ def cmd_serve(args: argparse.Namespace) -> int:
     from gateway.server import ConnectionLimits, serve
 
     configure(args.log_level)
-    app = build_app(loaded, watch=args.watch)
     settings = loaded.policy.server
+    certificate = None
+    if settings.tls is not None:
+        from pathlib import Path
+
+        from gateway.tls import Certificate, TlsError
+
+        try:
+            certificate = Certificate(settings.tls, Path(loaded.source).resolve().parent)
+        except TlsError as exc:
+            print(f"gateway: refusing to start: {exc}", file=sys.stderr)
+            return 2
+    app = build_app(loaded, watch=args.watch)
 
     def draining() -> None:
         app[GATEWAY].draining = True
@@ -95,6 +106,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
         drain_timeout=settings.drain_timeout,
         runner_kwargs=RUNNER_KWARGS,
         on_draining=draining,
+        certificate=certificate,
+        plain_port=settings.plain_port,
     )
     heap.enable()  # this process is the gateway's: long-lived objects are frozen out of full collections
     try:

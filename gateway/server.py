@@ -23,6 +23,7 @@ from aiohttp.web_request import BaseRequest
 
 from gateway.logs import flush_access_log, get_logger
 from gateway.policy.model import Server as ServerSettings
+from gateway.tls import Certificate
 
 log = get_logger("gateway.server")
 
@@ -225,6 +226,8 @@ async def serve(
     runner_kwargs: dict[str, Any],
     on_draining: Callable[[], None] = lambda: None,
     reuse_port: bool = False,
+    certificate: Certificate | None = None,
+    plain_port: int | None = None,
 ) -> None:
     """Run until SIGTERM/SIGINT, then drain: health turns 503 at once (`on_draining`), the listener stops
     accepting, in-flight requests get `drain_timeout` to finish, cleanup hooks flush buffers. A second
@@ -232,9 +235,18 @@ async def serve(
     loop = asyncio.get_running_loop()
     runner = GatewayRunner(app, limits=limits, shutdown_timeout=drain_timeout, **runner_kwargs)
     await runner.setup()
-    site = web.TCPSite(runner, host, port, reuse_port=reuse_port, backlog=1024)
+    site = web.TCPSite(
+        runner, host, port, reuse_port=reuse_port, backlog=1024,
+        ssl_context=certificate.context if certificate is not None else None,
+    )
     await site.start()
-    log.info("listening", host=host, port=port)
+    log.info("listening", host=host, port=port, tls=certificate is not None)
+    watch: asyncio.Task[None] | None = None
+    if certificate is not None:
+        watch = loop.create_task(certificate.watch(), name="tls-certificate-watch")
+    if plain_port is not None:
+        await web.TCPSite(runner, host, plain_port, reuse_port=reuse_port, backlog=1024).start()
+        log.info("listening", host=host, port=plain_port, tls=False)
     stop = asyncio.Event()
     signals = 0
 
@@ -255,6 +267,8 @@ async def serve(
     finally:
         # Stop accepting, wait for in-flight handlers up to shutdown_timeout, then run the cleanup hooks
         # (audit flush, pool close). The signal handlers stay: a second signal exits at once.
+        if watch is not None:
+            watch.cancel()
         await runner.cleanup()
         flush_access_log()
         for signum in (signal.SIGTERM, signal.SIGINT):

@@ -287,6 +287,17 @@ class Cors(Strict):
         return self
 
 
+class Tls(Strict):
+    """The listener speaks TLS (HTTP/1.1 over TLS; for HTTP/2 put a proxy that speaks it in front)."""
+
+    cert_file: str = Field(
+        description="PEM certificate chain (relative paths: to the policy file's directory). Re-read within a"
+        " second when the file changes: no restart, no dropped connection."
+    )
+    key_file: str = Field(description="PEM private key of the certificate.")
+    min_version: Literal["1.2", "1.3"] = Field("1.2", description="Oldest TLS version accepted.")
+
+
 class Server(Strict):
     """The listener's limits, read at startup: a reload that changes them lists `server` in
     `restart_required`. `max_body` is the exception: it is every route's default, applied with the reloaded
@@ -325,6 +336,16 @@ class Server(Strict):
         description="`reject`: a path with `%2F` or `%5C` is a 400 (`/api%2Forders` would miss the `orders`"
         " route here, yet WSGI or PHP upstreams decode it to `/api/orders`); `keep`: forwarded as sent, for"
         " APIs that put encoded slashes in ids.",
+    )
+    tls: Tls | None = Field(
+        None,
+        description="With it, the `--port` listener speaks TLS; the upstream is told"
+        " `X-Forwarded-Proto: https`.",
+    )
+    plain_port: Annotated[int, Field(ge=1, le=65535)] | None = Field(
+        None,
+        description="A second, plain-HTTP listener on the same host (e.g. a sidecar's port for a local"
+        " ingress that terminates TLS itself), beside the TLS one.",
     )
 
 
