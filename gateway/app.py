@@ -29,6 +29,7 @@ from gateway.policy.loader import LoadedPolicy
 from gateway.reload import RELOADER, Reloader, ReloadResult, close_all
 from gateway.runtime import Runtime, build_runtime
 from gateway.server import SERVER_STATS, ServerStats
+from gateway.tunnel import TunnelStats
 
 log = get_logger("gateway.app")
 
@@ -136,11 +137,15 @@ def build_app(
 
     app.on_shutdown.append(mark_draining)
     server_stats = app[SERVER_STATS] = ServerStats()
-    app[metrics_ops.METRICS] = GatewayMetrics(gateway.current, gateway.events, audit.stats, server_stats)
+    tunnels = TunnelStats()
+    app[metrics_ops.METRICS] = GatewayMetrics(
+        gateway.current, gateway.events, audit.stats, server_stats, tunnels
+    )
     pipeline = Pipeline(
         gateway.current,
         observers=[health.observe],
         reject_escaped_slashes=server.escaped_slashes == "reject",
+        tunnels=tunnels,
     )
 
     async def lifecycle(_: web.Application) -> AsyncIterator[None]:

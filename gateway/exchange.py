@@ -32,3 +32,6 @@ class Exchange:
     route: CompiledRoute | None = None
     permit: Permit | None = None  # the breaker's admission, when the route has a breaker
     response_headers: list[tuple[str, str]] = field(default_factory=list)  # added to the upstream's answer
+    upgrade: str | None = None  # the Upgrade token of a handshake the route lets through (lower case)
+    handshake_done: float | None = None  # perf_counter() at the 101: the SLO counts the handshake only
+    tunnel: dict[str, object] | None = None  # how an upgraded connection ended: for the access log

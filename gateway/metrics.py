@@ -23,6 +23,7 @@ from gateway.logs import get_logger
 from gateway.runtime import Runtime
 from gateway.server import ServerStats
 from gateway.slo import SloRecorder
+from gateway.tunnel import DURATION_BUCKETS, TunnelStats
 
 log = get_logger("gateway.metrics")
 
@@ -64,7 +65,9 @@ class GatewayMetrics:
         events: Events,
         audit_stats: Callable[[], dict[str, Any]] | None = None,
         server_stats: ServerStats | None = None,
+        tunnels: TunnelStats | None = None,
     ) -> None:
+        self.tunnels = tunnels
         self._current = current
         self.audit_stats = audit_stats
         self.server_stats = server_stats
@@ -173,6 +176,29 @@ class _GatewayCollector(Collector):
         family.add_metric(["header_timeout"], stats.header_timeouts)
         family.add_metric(["write_stall"], stats.write_stalls)
         yield family
+        tunnels = self._owner.tunnels
+        if tunnels is None:
+            return
+        yield GaugeMetricFamily("gateway_tunnels_open", "Upgraded connections (WebSocket) open now.",
+                                value=tunnels.open)
+        moved = CounterMetricFamily("gateway_tunnel_bytes", "Bytes relayed through upgraded connections.",
+                                    labels=["direction"])
+        moved.add_metric(["to_upstream"], tunnels.bytes_to_upstream)
+        moved.add_metric(["to_client"], tunnels.bytes_to_client)
+        yield moved
+        ends = CounterMetricFamily("gateway_tunnels_closed", "Upgraded connections ended, by reason.",
+                                   labels=["reason"])
+        for reason, n in sorted(tunnels.closed.items()):
+            ends.add_metric([reason], n)
+        yield ends
+        cumulative, running = [], 0
+        for bound, n in zip([*(_le(b) for b in DURATION_BUCKETS), "+Inf"], tunnels.durations, strict=True):
+            running += n
+            cumulative.append((bound, float(running)))
+        yield HistogramMetricFamily(
+            "gateway_tunnel_duration_seconds", "How long upgraded connections lasted.",
+            buckets=cumulative, sum_value=tunnels.duration_sum,
+        )
 
     def _audit(self) -> Iterator[Metric]:
         if self._owner.audit_stats is None:

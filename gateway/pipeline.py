@@ -16,6 +16,7 @@ from typing import Any
 import orjson
 from aiohttp import web
 from multidict import CIMultiDict
+from yarl import URL
 
 from gateway.breaker import Breaker
 from gateway.exchange import Exchange
@@ -23,6 +24,7 @@ from gateway.identity import Identity, forwarded_for, user_id
 from gateway.logs import access_log, get_logger
 from gateway.outcome import Outcome
 from gateway.proxy import (
+    HOP_BY_HOP,
     BodyStream,
     BodyTooLarge,
     UpstreamError,
@@ -36,6 +38,7 @@ from gateway.retry import BreakerOpened, send_with_retries
 from gateway.routing import normalize_path
 from gateway.runtime import CompiledRoute, Runtime
 from gateway.server import GatewayRequestHandler, send_continue
+from gateway.tunnel import HandshakeError, Tunnel, TunnelStats, answer_headers, handshake
 
 log = get_logger("gateway.request")
 _REQUEST_ID = re.compile(r"^[A-Za-z0-9._:\-]{1,128}$")
@@ -46,6 +49,7 @@ _clock = time.perf_counter  # uvloop's loop.time() only has millisecond resoluti
 # gateways in a chain (one service's sidecar calling another's) never take each other for a loop.
 _VIA_TOKEN = f"gw-{random.getrandbits(48):012x}"
 _VIA = f"1.1 {_VIA_TOKEN}"
+_TUNNEL_SKIP = HOP_BY_HOP | {"content-length"}
 
 
 def json_error(
@@ -78,6 +82,14 @@ def upstream_path(path: str, route: CompiledRoute) -> str:
     return path
 
 
+def _upgrade_token(request: web.BaseRequest) -> str | None:
+    """The requested protocol when the request asks to upgrade (Upgrade named in Connection), else None."""
+    connection = ",".join(request.headers.getall("Connection", ())).lower()
+    if "upgrade" not in (t.strip() for t in connection.split(",")):
+        return None
+    return request.headers["Upgrade"].split(",")[0].strip().lower() or None
+
+
 def _client_left(request: web.BaseRequest) -> str:
     """Why a client is gone: cut off by the write deadline (it read nothing for server.write_timeout), or
     it closed the connection itself."""
@@ -96,7 +108,9 @@ class Pipeline:
         observers: list[Observer],
         *,
         reject_escaped_slashes: bool = True,
+        tunnels: TunnelStats | None = None,
     ) -> None:
+        self._tunnels = tunnels if tunnels is not None else TunnelStats()
         self._current = current
         self._observers = observers
         self._reject_escaped_slashes = reject_escaped_slashes  # server.escaped_slashes (a restart setting)
@@ -131,6 +145,7 @@ class Pipeline:
                 ),
                 client_ip=exchange.identity.ip,
                 error=outcome.error,
+                **(exchange.tunnel or {}),
             )
 
     async def handle(self, request: web.Request) -> web.StreamResponse:
@@ -157,8 +172,11 @@ class Pipeline:
             outcome.status = outcome.status or response.status
             return response
         except asyncio.CancelledError:
-            outcome.status = 499  # the client went away; the upstream call was cancelled with us
-            outcome.error = outcome.error or _client_left(request)
+            if exchange.handshake_done is None:  # (a tunnel's end says nothing of its handshake: 101 stays)
+                outcome.status = 499  # the client went away; the upstream call was cancelled with us
+                outcome.error = outcome.error or _client_left(request)
+            else:
+                outcome.status = 101
             raise
         except Exception:
             log.exception("gateway_error", request_id=exchange.request_id, route=outcome.route)
@@ -166,7 +184,7 @@ class Pipeline:
             outcome.error = "gateway_error"
             return json_error(502, "gateway_error", exchange.request_id, route=outcome.route)
         finally:
-            outcome.duration = _clock() - started
+            outcome.duration = (exchange.handshake_done or _clock()) - started
             self._finish(exchange)
 
     def _refuse(self, exchange: Exchange, status: int, error: str, *, headers: Iterable[tuple[str, str]] = (),
@@ -208,6 +226,13 @@ class Pipeline:
         if route.allow_from and not route.allows(exchange.identity.ip):
             return self._refuse(exchange, 403, "forbidden_source", route=route.name,
                                 detail="this route only serves the networks in its allow_from")
+        if "Upgrade" in request.headers:
+            token = _upgrade_token(request)
+            if token is not None and token in route.upgrade:
+                exchange.upgrade = token
+            elif token is not None and token != "h2c":  # (h2c is ignored: the request goes on as HTTP/1.1)
+                return self._refuse(exchange, 400, "upgrade_not_allowed", route=route.name, upgrade=token,
+                                    detail="this route does not let this upgrade through (routes[].upgrade)")
 
         length = request.content_length
         if length is not None and length > route.max_body:
@@ -236,6 +261,8 @@ class Pipeline:
                                 route=route.name, upstream=client.name,
                                 detail=f"{client.max_requests} requests already in flight")
         try:
+            if exchange.upgrade is not None:
+                return await self._tunnel(exchange, route)
             return await self._proxy(exchange, route)
         finally:
             client.done()
@@ -351,3 +378,53 @@ class Pipeline:
         finally:
             outcome.upstream_duration = _clock() - sent_at
             upstream.release()
+
+    async def _tunnel(self, exchange: Exchange, route: CompiledRoute) -> web.StreamResponse:
+        """An upgrade the route lets through: the handshake upstream, then bytes both ways."""
+        request = exchange.request
+        outcome = exchange.outcome
+        permit = exchange.permit
+        client = route.client
+        headers = self._upstream_headers(exchange, route)  # (Connection and Upgrade are hop-by-hop: dropped)
+        headers["Connection"] = "Upgrade"
+        headers["Upgrade"] = request.headers["Upgrade"]
+        prior_via = request.headers.getall("Via", ())
+        headers["Via"] = ", ".join((*prior_via, _VIA)) if prior_via else _VIA
+        base_path = URL(client.base).raw_path.rstrip("/")
+        target = base_path + upstream_path(exchange.path, route) + exchange.query
+        sent_at = _clock()
+        try:
+            shake = await handshake(client.base, request.method, target, headers, route.timeout)
+        except HandshakeError as exc:
+            outcome.upstream_duration = _clock() - sent_at
+            if permit is not None:
+                permit.record_outcome(None, exc.kind, _clock() - sent_at)
+            return self._refuse(exchange, 504 if exc.kind == "timeout" else 502, exc.kind, route=route.name,
+                                upstream=client.name, detail=exc.detail)
+        outcome.upstream_status = shake.status
+        outcome.upstream_duration = _clock() - sent_at
+        if permit is not None:  # the handshake is the call the breaker judges, not the tunnel's lifetime
+            permit.record_outcome(shake.status, None, _clock() - sent_at)
+        answer = answer_headers(shake.headers, _TUNNEL_SKIP)
+        answer.extend(exchange.response_headers)
+        if shake.status != 101:  # refused upstream: relayed as an ordinary answer
+            return web.Response(status=shake.status, reason=shake.reason, headers=answer, body=shake.body)
+        answer["Connection"] = "Upgrade"
+        answer["Upgrade"] = shake.headers.get("Upgrade", request.headers["Upgrade"])
+        response = web.StreamResponse(status=101, reason=shake.reason, headers=answer)
+        response.force_close()  # after the tunnel, the connection is done
+        await response.prepare(request)
+        exchange.handshake_done = _clock()
+        settings = exchange.runtime.policy.server
+        tunnel = Tunnel(request, shake, self._tunnels, idle=settings.tunnel_idle_timeout,
+                        longest=settings.tunnel_max_duration)
+        try:
+            await tunnel.run(Tunnel.hook(tunnel))
+        finally:  # also when the handler is cancelled (the client went, or shutdown after the drain timeout)
+            exchange.tunnel = {
+                "tunnel_ms": round((time.monotonic() - tunnel.started) * 1000, 3),
+                "tunnel_end": tunnel.ended,
+                "bytes_to_upstream": tunnel.to_upstream,
+                "bytes_to_client": tunnel.to_client,
+            }
+        return response

@@ -44,6 +44,7 @@ class CompiledRoute:
     retry_budget: RetryBudget | None  # the upstream's, shared with its other routes
     limits: RouteLimits | None = None  # the route's rate limits, checked by `Runtime.limiter`
     allow_from: tuple[Network, ...] = ()  # empty: every client
+    upgrade: frozenset[str] = frozenset()  # lower-case Upgrade tokens the route lets through
 
     def allows(self, ip: str) -> bool:
         """Whether a client at `ip` may use the route (`allow_from`)."""
@@ -131,6 +132,7 @@ def compile_route(
         retry_budget=(budgets or {}).get(route.upstream),
         limits=route_limits(route),
         allow_from=route.allow_from,
+        upgrade=frozenset(token.lower() for token in route.upgrade),
     )
 
 

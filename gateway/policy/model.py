@@ -337,6 +337,13 @@ class Server(Strict):
         " route here, yet WSGI or PHP upstreams decode it to `/api/orders`); `keep`: forwarded as sent, for"
         " APIs that put encoded slashes in ids.",
     )
+    tunnel_idle_timeout: Duration = Field(
+        300.0,
+        description="An upgraded connection (WebSocket) with no byte either way for this long is closed.",
+    )
+    tunnel_max_duration: Duration = Field(
+        86400.0, description="An upgraded connection is closed after this long, busy or not."
+    )
     tls: Tls | None = Field(
         None,
         description="With it, the `--port` listener speaks TLS; the upstream is told"
@@ -607,6 +614,13 @@ class Route(Strict):
     connect_timeout: Duration | None = Field(None, description="Overrides the upstream's `connect_timeout`.")
     max_body: Size | None = Field(None, description="Request body cap (-> 413); default `server.max_body`.")
     retries: Retries | None = Field(None, description="Retries; off unless declared.")
+    upgrade: tuple[Annotated[str, Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9._/-]*$")], ...] = Field(
+        (),
+        description="`Upgrade` tokens the route lets through (e.g. `[websocket]`): the handshake goes through"
+        " the whole pipeline, then bytes are relayed both ways (`server.tunnel_idle_timeout`,"
+        " `server.tunnel_max_duration`). Any other upgrade is refused with 400 `upgrade_not_allowed`, except"
+        " `h2c`, which is ignored (the request goes on as HTTP/1.1).",
+    )
     allow_from: tuple[Network, ...] = Field(
         (),
         description="Source networks the route serves (the client address as `identity` resolves it); any"

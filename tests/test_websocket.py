@@ -1,0 +1,193 @@
+"""WebSocket through the gateway: a real aiohttp WebSocket echo upstream, a real client, real sockets."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import resource
+from collections.abc import AsyncIterator
+
+import aiohttp
+import pytest
+from aiohttp import WSMsgType, web
+from aiohttp.test_utils import TestServer
+
+from gateway.app import GATEWAY
+from tests.conftest import GatewayFactory
+
+POLICY = """
+version: 1
+server: {{tunnel_idle_timeout: {idle}, tunnel_max_duration: {longest}, write_timeout: 2s}}
+upstreams: {{app: {{url: "{url}", breaker: app}}}}
+breakers: {{app: {{consecutive_failures: 2, reset_timeout: 60s}}}}
+rate_limits: {{three: {{rate: 3, per: 1h, key: ip}}}}
+routes:
+  - {{name: ws, match: "GET /ws", upstream: app, upgrade: [websocket]}}
+  - {{name: limited, match: "GET /limited", upstream: app, upgrade: [websocket], rate_limits: [three]}}
+  - {{name: refused, match: "GET /refused", upstream: app, upgrade: [websocket]}}
+  - {{name: flood, match: "GET /flood", upstream: app, upgrade: [websocket]}}
+  - {{name: plain, match: "GET /{{p:.*}}", upstream: app}}
+"""
+
+
+async def echo(request: web.Request) -> web.WebSocketResponse:
+    ws = web.WebSocketResponse(protocols=("chat",))
+    await ws.prepare(request)
+    async for msg in ws:
+        if msg.type == WSMsgType.TEXT:
+            if msg.data.startswith("close:"):
+                await ws.close(code=int(msg.data[6:]), message=b"bye")
+            else:
+                await ws.send_str("echo:" + msg.data)
+        elif msg.type == WSMsgType.BINARY:
+            await ws.send_bytes(msg.data[::-1])
+    return ws
+
+
+async def flood(request: web.Request) -> web.WebSocketResponse:
+    """Sends 64 MiB as fast as the connection takes it."""
+    ws = web.WebSocketResponse()
+    await ws.prepare(request)
+    block = b"x" * 65536
+    for _ in range(1024):
+        await ws.send_bytes(block)
+    await ws.close()
+    return ws
+
+
+async def refused(request: web.Request) -> web.Response:
+    return web.json_response({"why": "not today"}, status=403)
+
+
+@pytest.fixture
+async def ws_upstream() -> AsyncIterator[TestServer]:
+    app = web.Application()
+    app.router.add_get("/ws", echo)
+    app.router.add_get("/limited", echo)
+    app.router.add_get("/flood", flood)
+    app.router.add_get("/refused", refused)
+    server = TestServer(app)
+    await server.start_server()
+    yield server
+    await server.close()
+
+
+async def gateway(make_gateway: GatewayFactory, upstream: TestServer, idle: str = "5s",
+                  longest: str = "1h") -> aiohttp.test_utils.TestClient:  # type: ignore[type-arg]
+    return await make_gateway(POLICY, url=str(upstream.make_url("")).rstrip("/"), idle=idle, longest=longest)
+
+
+async def test_messages_both_ways_ping_pong_and_close_codes(
+    make_gateway: GatewayFactory, ws_upstream: TestServer
+) -> None:
+    gw = await gateway(make_gateway, ws_upstream)
+    async with aiohttp.ClientSession() as session:
+        async with session.ws_connect(gw.make_url("/ws"), protocols=("chat",), autoping=False) as ws:
+            assert ws.protocol == "chat"  # the subprotocol the upstream chose
+            await ws.send_str("hello")
+            assert (await ws.receive(5)).data == "echo:hello"
+            await ws.send_bytes(b"\x00\x01\x02")
+            assert (await ws.receive(5)).data == b"\x02\x01\x00"
+            await ws.ping(b"are you there")
+            pong = await ws.receive(5)
+            assert pong.type == WSMsgType.PONG and pong.data == b"are you there"
+            await ws.send_str("close:4001")
+            closing = await ws.receive(5)
+            assert closing.type == WSMsgType.CLOSE and closing.data == 4001 and closing.extra == "bye"
+    metrics = await (await gw.get("/metrics")).text()
+    assert "gateway_tunnels_open 0.0" in metrics
+    ended = [x for x in metrics.splitlines() if x.startswith("gateway_tunnels_closed_total{")]
+    assert len(ended) == 1 and ended[0].endswith(" 1.0") and "closed" in ended[0], ended
+    # The SLO recorder counted the handshake (a 1xx), once.
+    assert 'gateway_requests_total{method="GET",route="ws",status_class="1xx"} 1.0' in metrics, "\n".join(
+        x for x in metrics.splitlines() if 'route="ws"' in x and "bucket" not in x)
+
+
+async def test_a_route_without_upgrade_refuses_the_handshake(
+    make_gateway: GatewayFactory, ws_upstream: TestServer
+) -> None:
+    gw = await gateway(make_gateway, ws_upstream)
+    response = await gw.get("/ws-elsewhere", headers={"Connection": "Upgrade", "Upgrade": "websocket",
+                                                      "Sec-WebSocket-Key": "dGhlIHNhbXBsZSBub25jZQ==",
+                                                      "Sec-WebSocket-Version": "13"})
+    body = await response.json()
+    assert response.status == 400 and body["error"] == "upgrade_not_allowed"
+
+
+async def test_an_upstream_that_refuses_the_handshake_is_relayed(
+    make_gateway: GatewayFactory, ws_upstream: TestServer
+) -> None:
+    gw = await gateway(make_gateway, ws_upstream)
+    async with aiohttp.ClientSession() as session:
+        with pytest.raises(aiohttp.WSServerHandshakeError) as refused:
+            await session.ws_connect(gw.make_url("/refused"))
+    assert refused.value.status == 403
+
+
+async def test_the_handshake_is_rate_limited_and_refused_by_an_open_breaker(
+    make_gateway: GatewayFactory, ws_upstream: TestServer
+) -> None:
+    gw = await gateway(make_gateway, ws_upstream)
+    async with aiohttp.ClientSession() as session:
+        for _ in range(3):
+            async with session.ws_connect(gw.make_url("/limited")) as ws:
+                await ws.send_str("x")
+                assert (await ws.receive(5)).data == "echo:x"
+        with pytest.raises(aiohttp.WSServerHandshakeError) as limited:
+            await session.ws_connect(gw.make_url("/limited"))
+        assert limited.value.status == 429
+        gw.app[GATEWAY].current().breakers["app"].force_open()
+        with pytest.raises(aiohttp.WSServerHandshakeError) as opened:
+            await session.ws_connect(gw.make_url("/ws"))
+        assert opened.value.status == 503
+
+
+async def test_idle_timeout_and_max_duration_close_the_tunnel(
+    make_gateway: GatewayFactory, ws_upstream: TestServer
+) -> None:
+    gw = await gateway(make_gateway, ws_upstream, idle="300ms", longest="1h")
+    async with aiohttp.ClientSession() as session:
+        async with session.ws_connect(gw.make_url("/ws"), autoping=False, heartbeat=None) as ws:
+            msg = await ws.receive(5)  # nothing sent either way: the gateway closes the tunnel
+            assert msg.type in (WSMsgType.CLOSE, WSMsgType.CLOSED, WSMsgType.ERROR)
+    gw2 = await gateway(make_gateway, ws_upstream, idle="10s", longest="500ms")
+    async with aiohttp.ClientSession() as session:
+        async with session.ws_connect(gw2.make_url("/ws"), autoping=False) as ws:
+            for _ in range(100):  # busy all along, closed anyway at the maximum duration
+                try:
+                    await ws.send_str("x")
+                except aiohttp.ClientConnectionResetError:
+                    msg = await ws.receive(5)
+                    break
+                msg = await ws.receive(5)
+                if msg.type != WSMsgType.TEXT:
+                    break
+                await asyncio.sleep(0.02)
+            assert msg.type in (WSMsgType.CLOSE, WSMsgType.CLOSED, WSMsgType.ERROR)
+    for client, reason in ((gw, "idle_timeout"), (gw2, "max_duration")):
+        metrics = await (await client.get("/metrics")).text()
+        assert f'gateway_tunnels_closed_total{{reason="{reason}"}} 1.0' in metrics
+
+
+def rss_kib() -> int:
+    with open(f"/proc/{os.getpid()}/status") as status:
+        return next(int(line.split()[1]) for line in status if line.startswith("VmRSS:"))
+
+
+async def test_a_client_that_stops_reading_does_not_grow_the_gateways_memory(
+    make_gateway: GatewayFactory, ws_upstream: TestServer
+) -> None:
+    gw = await gateway(make_gateway, ws_upstream)
+    assert resource.getpagesize() > 0
+    before = rss_kib()
+    async with aiohttp.ClientSession() as session:
+        async with session.ws_connect(gw.make_url("/flood"), max_msg_size=0) as ws:
+            await asyncio.sleep(1.0)  # the upstream offers 64 MiB; this client reads none of it
+            grown = rss_kib() - before
+            metrics = await (await gw.get("/metrics")).text()
+            relayed = [float(x.split()[-1]) for x in metrics.splitlines()
+                       if x.startswith('gateway_tunnel_bytes_total{direction="to_client"}')]
+            await ws.close()
+    # Everything runs in this process (gateway, upstream, client), so the bound is loose: far below 64 MiB.
+    assert grown < 24 * 1024, grown
+    assert relayed and relayed[0] < 32 * 2**20, relayed
