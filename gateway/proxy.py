@@ -12,6 +12,7 @@ from collections.abc import AsyncIterator, Iterable
 from aiohttp import web
 from multidict import CIMultiDict, CIMultiDictProxy
 
+from gateway.compat import OneWriteResponse
 from gateway.upstream.errors import BodyTooLarge
 from gateway.upstream.reply import UpstreamReply
 
@@ -141,16 +142,6 @@ def response_headers(upstream: UpstreamReply, extra: Iterable[tuple[str, str]]) 
     for name, value in extra:
         out[name] = value
     return out
-
-
-class OneWriteResponse(web.StreamResponse):
-    """A response whose body is already complete: its head waits to go out in one write with the body.
-
-    (web.Response does the same for its body; a streamed body keeps StreamResponse's head-first behaviour,
-    so a slow or endless body, server-sent events say, still gets its head at once.)
-    """
-
-    _send_headers_immediately = False
 
 
 async def relay(
