@@ -10,13 +10,6 @@ from gateway.policy.loader import LoadedPolicy, PolicyError, load_policy
 from gateway.policy.model import Policy
 
 
-def c_parser_in_use() -> bool:
-    """True when aiohttp's C HTTP parser is active (most past smuggling advisories were in the Python one)."""
-    from aiohttp import http_parser
-
-    return http_parser.HttpRequestParser.__module__ == "aiohttp._http_parser"
-
-
 def load_or_report(path: str) -> LoadedPolicy | None:
     """The policy at `path`, or None after printing every problem as FILE:LINE key.path: message."""
     try:
@@ -64,6 +57,8 @@ def cmd_alerts(args: argparse.Namespace) -> int:
 
 def cmd_serve(args: argparse.Namespace) -> int:
     import asyncio
+
+    from gateway.compat import c_parser_in_use
 
     if not c_parser_in_use():
         print(

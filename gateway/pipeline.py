@@ -23,22 +23,15 @@ from gateway.exchange import Exchange
 from gateway.identity import Identity, forwarded_for, user_id
 from gateway.logs import access_log, get_logger
 from gateway.outcome import Outcome
-from gateway.proxy import (
-    HOP_BY_HOP,
-    BodyStream,
-    BodyTooLarge,
-    UpstreamError,
-    UpstreamReply,
-    classify,
-    forward_headers,
-    open_upstream,
-    relay,
-)
+from gateway.proxy import HOP_BY_HOP, BodyStream, forward_headers, relay
 from gateway.retry import BreakerOpened, send_with_retries
 from gateway.routing import normalize_path
 from gateway.runtime import CompiledRoute, Runtime
 from gateway.server import GatewayRequestHandler, send_continue
 from gateway.tunnel import HandshakeError, Tunnel, TunnelStats, answer_headers, handshake
+from gateway.upstream.client import open_upstream
+from gateway.upstream.errors import BodyTooLarge, UpstreamError, classify
+from gateway.upstream.reply import UpstreamReply
 
 log = get_logger("gateway.request")
 _REQUEST_ID = re.compile(r"^[A-Za-z0-9._:\-]{1,128}$")

@@ -1,122 +1,27 @@
-"""Forwarding over one shared ClientSession per upstream: streaming both ways, hop-by-hop stripping, timeouts.
+"""Forwarding: the headers sent each way (hop-by-hop stripped, the gateway's own set), the client's body
+streamed out under its cap, and the upstream's reply relayed back.
 
-Knows nothing of policies: the pipeline hands it an `UpstreamClient`, the headers to send and a deadline.
+Knows nothing of policies, nor of connections: the pipeline hands it a request and an `UpstreamReply` from
+gateway.upstream, which owns the pools.
 """
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import AsyncIterator, Iterable
-from dataclasses import dataclass
 
-import aiohttp
 from aiohttp import web
 from multidict import CIMultiDict, CIMultiDictProxy
-from yarl import URL
 
-from gateway.upstream_client import UpstreamPool, UpstreamResponse
+from gateway.compat import OneWriteResponse
+from gateway.upstream.errors import BodyTooLarge
+from gateway.upstream.reply import UpstreamReply
 
 # RFC 9110 7.6.1, plus the RFC 7230 extras that are hop-by-hop in practice.
 HOP_BY_HOP = frozenset(
     {"connection", "keep-alive", "proxy-connection", "te", "trailer", "transfer-encoding", "upgrade"}
 )
-# What open_upstream returns: the lean client's response (http://) or aiohttp's (https://).
-UpstreamReply = aiohttp.ClientResponse | UpstreamResponse
 _NOT_FORWARDED = HOP_BY_HOP | {"host", "content-length", "expect"}
 _RESPONSE_SKIP = HOP_BY_HOP | {"content-length"}
-
-
-class UpstreamError(Exception):
-    """The upstream failed before a response could be relayed. `kind` feeds breakers, retries and metrics."""
-
-    def __init__(self, kind: str, detail: str) -> None:
-        super().__init__(detail)
-        self.kind = kind  # connect_error | timeout | reset | protocol
-        self.detail = detail
-
-    @property
-    def status(self) -> int:
-        return _STATUS_OF_KIND.get(self.kind, 502)
-
-    @property
-    def clients_fault(self) -> bool:
-        """The client's body failed, not the upstream: no breaker verdict, no retry."""
-        return self.kind in ("client_timeout", "client_body")
-
-
-# 408/400: the client stalled or broke its own body; counted against the upstream, a handful of stalled
-# uploads would open its breaker for everyone.
-_STATUS_OF_KIND = {"timeout": 504, "client_timeout": 408, "client_body": 400}
-
-
-class BodyTooLarge(Exception):
-    """The client's body passed the route's cap while streaming."""
-
-
-@dataclass
-class UpstreamClient:
-    """One upstream: its base URL and the connection pool (keep-alive) used for it.
-
-    Plain http:// upstreams get the lean client of gateway/upstream_client.py (measured: a third less gateway
-    CPU per request than aiohttp's ClientSession); https:// keeps aiohttp's session, whose TLS handling (SNI,
-    certificate checks) is not worth re-implementing for a sidecar that mostly talks plain http on loopback.
-    `session` is then the lean pool, which answers `closed` and `connector._acquired` as aiohttp's does.
-    """
-
-    name: str
-    base: str  # scheme://host[:port][/base-path] without a trailing slash
-    host: str  # Host header value sent unless the route keeps the client's
-    session: aiohttp.ClientSession | UpstreamPool
-    origin_length: int = 0  # len("http://host:port"): what open_upstream cuts off a URL to get the target
-    max_requests: int = 1 << 30  # in-flight cap (Envoy's max_requests): beyond it the gateway answers 503
-    in_flight: int = 0
-
-    def admit(self) -> bool:
-        """Count one more request in flight, unless the upstream is at its cap."""
-        if self.in_flight >= self.max_requests:
-            return False
-        self.in_flight += 1
-        return True
-
-    def done(self) -> None:
-        self.in_flight -= 1
-
-    @classmethod
-    def create(
-        cls, name: str, url: str, *, max_connections: int, max_requests: int = 1 << 30
-    ) -> UpstreamClient:
-        parsed = URL(url)
-        if parsed.scheme == "http" and parsed.host is not None:
-            pool = UpstreamPool(parsed.host, parsed.port or 80, max_connections)
-            base = str(parsed).rstrip("/")
-            return cls(
-                name=name,
-                base=base,
-                host=parsed.raw_authority,
-                session=pool,
-                origin_length=len(base) - len(parsed.raw_path.rstrip("/")),
-                max_requests=max_requests,
-            )
-        connector = aiohttp.TCPConnector(
-            limit=max_connections, limit_per_host=max_connections, ttl_dns_cache=60
-        )
-        session = aiohttp.ClientSession(
-            connector=connector,
-            auto_decompress=False,  # bodies pass untouched
-            cookie_jar=aiohttp.DummyCookieJar(),  # never mix one client's cookies into another's request
-            skip_auto_headers=("User-Agent", "Accept", "Accept-Encoding", "Content-Type"),
-            timeout=aiohttp.ClientTimeout(total=None),
-        )
-        return cls(
-            name=name,
-            base=str(parsed).rstrip("/"),
-            host=parsed.raw_authority,
-            session=session,
-            max_requests=max_requests,
-        )
-
-    async def close(self) -> None:
-        await self.session.close()
 
 
 _PLAIN_CONNECTION = frozenset({"keep-alive", "close", "Keep-Alive", "Close", "upgrade"})
@@ -225,72 +130,6 @@ class BodyStream:
             yield chunk
 
 
-def _blame(exc: BaseException, body: BodyStream | bytes | None) -> Exception:
-    """What a failed exchange means, once the client's own part in it is ruled in or out."""
-    if isinstance(body, BodyStream):
-        if body.too_large:
-            return BodyTooLarge("request body too large")
-        if body.client_failed:
-            return UpstreamError("client_body", "the request body could not be read from the client")
-        if body.waiting and isinstance(exc, TimeoutError):
-            return UpstreamError("client_timeout", "the client did not send its request body in time")
-    return classify(exc)
-
-
-def classify(exc: BaseException) -> UpstreamError:
-    """Map a client-side exception to the kind of upstream failure it means."""
-    if isinstance(exc, UpstreamError):
-        return exc
-    if isinstance(exc, asyncio.TimeoutError | aiohttp.ServerTimeoutError):
-        return UpstreamError("timeout", "upstream timed out")
-    if isinstance(exc, aiohttp.ClientConnectorError):
-        return UpstreamError("connect_error", "cannot connect to upstream")
-    if isinstance(exc, aiohttp.ClientResponseError | aiohttp.ClientPayloadError):
-        return UpstreamError("protocol", f"malformed upstream response: {exc.__class__.__name__}")
-    if isinstance(exc, aiohttp.ServerDisconnectedError | aiohttp.ClientOSError | ConnectionError):
-        return UpstreamError("reset", "upstream closed the connection")
-    return UpstreamError("protocol", f"upstream error: {exc.__class__.__name__}")
-
-
-async def open_upstream(
-    client: UpstreamClient,
-    method: str,
-    url: str,
-    headers: CIMultiDict[str],
-    body: BodyStream | bytes | None,
-    *,
-    deadline: aiohttp.ClientTimeout,
-) -> UpstreamReply:
-    """Send the request and wait for the response head. Raises UpstreamError or BodyTooLarge."""
-    session = client.session
-    if isinstance(session, UpstreamPool):
-        try:
-            return await session.request(
-                method,
-                url[client.origin_length :] or "/",
-                headers,
-                body,
-                connect_timeout=deadline.sock_connect,
-                total_timeout=deadline.total,
-            )
-        except (TimeoutError, UpstreamError, OSError) as exc:
-            raise _blame(exc, body) from None
-    try:
-        return await session.request(
-            method,
-            URL(url, encoded=True),
-            headers=headers,
-            data=body,
-            allow_redirects=False,
-            timeout=deadline,
-            compress=False,
-        )
-    except BodyTooLarge:
-        raise
-    except (TimeoutError, aiohttp.ClientError, OSError) as exc:
-        raise _blame(exc, body) from None
-
-
 def response_headers(upstream: UpstreamReply, extra: Iterable[tuple[str, str]]) -> CIMultiDict[str]:
     """Upstream response headers minus hop-by-hop ones (and those its Connection names); repeats kept."""
     nominated = connection_tokens(upstream.headers) if "Connection" in upstream.headers else set()
@@ -305,16 +144,6 @@ def response_headers(upstream: UpstreamReply, extra: Iterable[tuple[str, str]]) 
     return out
 
 
-class OneWriteResponse(web.StreamResponse):
-    """A response whose body is already complete: its head waits to go out in one write with the body.
-
-    (web.Response does the same for its body; a streamed body keeps StreamResponse's head-first behaviour,
-    so a slow or endless body, server-sent events say, still gets its head at once.)
-    """
-
-    _send_headers_immediately = False
-
-
 async def relay(
     request: web.BaseRequest, upstream: UpstreamReply, extra: Iterable[tuple[str, str]]
 ) -> tuple[web.StreamResponse, int]:
@@ -322,7 +151,7 @@ async def relay(
 
     Once the head is sent a failure can only cut the connection: the exception propagates to the caller.
     """
-    whole = upstream.whole_body() if isinstance(upstream, UpstreamResponse) else None
+    whole = upstream.whole_body()
     response = (web.StreamResponse if whole is None else OneWriteResponse)(
         status=upstream.status, reason=upstream.reason
     )
@@ -336,7 +165,7 @@ async def relay(
         await response.write_eof(whole)  # head, body and end in one write
         return response, len(whole)
     written = 0
-    async for chunk in upstream.content.iter_any():
+    async for chunk in upstream.iter_any():
         written += len(chunk)
         await response.write(chunk)
     await response.write_eof()

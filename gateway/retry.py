@@ -17,9 +17,9 @@ from typing import Any, Protocol, TypeVar
 
 from gateway.breaker import Breaker
 from gateway.policy.model import Policy, Retries
-from gateway.proxy import UpstreamError
+from gateway.upstream.errors import UpstreamError
+from gateway.upstream.methods import IDEMPOTENT_METHODS
 
-IDEMPOTENT_METHODS = frozenset({"GET", "HEAD", "OPTIONS", "PUT", "DELETE"})
 MAX_REPLAY_BODY = 64 * 1024  # bytes buffered to make a body replayable; larger bodies stream once
 BUDGET_WINDOW = 10.0  # seconds of history the retry budget looks at
 MIN_RETRIES_PER_SECOND = 3.0  # low traffic can still retry a little

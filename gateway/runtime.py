@@ -20,11 +20,11 @@ from gateway.events import Events
 from gateway.identity import ClientResolver, Network
 from gateway.policy.loader import LoadedPolicy
 from gateway.policy.model import Policy, Route, Upstream
-from gateway.proxy import UpstreamClient
 from gateway.ratelimit.limiter import Limiter, RouteLimits, route_limits
 from gateway.retry import RetryBudget, RetryPolicy, build_retry_budgets
 from gateway.routing import Router
 from gateway.slo import SloRecorder
+from gateway.upstream.client import UpstreamClient
 
 
 @dataclass(frozen=True, slots=True)

@@ -9,6 +9,7 @@ add those protections without touching the request path.
 from __future__ import annotations
 
 import asyncio
+import functools
 import os
 import signal
 from collections.abc import Callable
@@ -21,6 +22,7 @@ from aiohttp.http_exceptions import BadHttpMessage, LineTooLong
 from aiohttp.web_protocol import RequestHandler
 from aiohttp.web_request import BaseRequest
 
+from gateway.compat import HandlerRunner, requests_parsed
 from gateway.logs import flush_access_log, get_logger
 from gateway.policy.model import Server as ServerSettings
 from gateway.tls import Certificate
@@ -96,26 +98,29 @@ class GatewayRequestHandler(RequestHandler):
         self, manager: web.Server, *, limits: ConnectionLimits, stats: ServerStats, **kwargs: Any
     ) -> None:
         super().__init__(manager, **kwargs)
+        self._server = manager
         self._limits = limits
         self._stats = stats
+        self._refused = False
         self._header_timer: asyncio.TimerHandle | None = None
         self._write_timer: asyncio.TimerHandle | None = None
         self.stalled = False  # set when the write deadline cut the connection: the client's fault
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        manager = self._manager
-        if manager is not None and len(manager.connections) >= self._limits.max_connections:
+        if len(self._server.connections) >= self._limits.max_connections:
+            self._refused = True
             self._stats.refused += 1
             transport.write(_BUSY)  # type: ignore[attr-defined]
             transport.close()
             return
         super().connection_made(transport)
-        self._header_timer = self._loop.call_later(self._limits.header_timeout, self._header_deadline)
+        loop = asyncio.get_running_loop()
+        self._header_timer = loop.call_later(self._limits.header_timeout, self._header_deadline)
 
     def _header_deadline(self) -> None:
         self._header_timer = None
         transport = self.transport
-        if self._request_count == 0 and transport is not None:
+        if requests_parsed(self) == 0 and transport is not None:
             # No complete request head within the deadline: a slow or idle client holding a slot.
             self._stats.header_timeouts += 1
             self.force_close()  # (it drops self.transport)
@@ -126,7 +131,8 @@ class GatewayRequestHandler(RequestHandler):
     def pause_writing(self) -> None:
         super().pause_writing()
         if self._write_timer is None:
-            self._write_timer = self._loop.call_later(self._limits.write_timeout, self._write_deadline)
+            loop = asyncio.get_running_loop()
+            self._write_timer = loop.call_later(self._limits.write_timeout, self._write_deadline)
 
     def resume_writing(self) -> None:
         super().resume_writing()
@@ -147,7 +153,7 @@ class GatewayRequestHandler(RequestHandler):
             if timer is not None:
                 timer.cancel()
         self._header_timer = self._write_timer = None
-        if self._manager is None and self.transport is None:
+        if self._refused:
             return  # refused at connection_made: aiohttp never knew this connection
         super().connection_lost(exc)
 
@@ -186,34 +192,13 @@ class GatewayRequestHandler(RequestHandler):
         return response
 
 
-class GatewayServer(web.Server):
-    def __init__(self, base: web.Server, limits: ConnectionLimits, stats: ServerStats) -> None:
-        super().__init__(
-            base.request_handler,
-            request_factory=base.request_factory,
-            handler_cancellation=base.handler_cancellation,
-            loop=base._loop,
-            **base._kwargs,
-        )
-        self._limits = limits
-        self._stats = stats
-
-    def __call__(self) -> RequestHandler:
-        return GatewayRequestHandler(
-            self, loop=self._loop, limits=self._limits, stats=self._stats, **self._kwargs
-        )
-
-
-class GatewayRunner(web.AppRunner):
+class GatewayRunner(HandlerRunner):
     """An AppRunner whose server uses GatewayRequestHandler; the CLI and the tests both run through it."""
 
     def __init__(self, app: web.Application, *, limits: ConnectionLimits, **kwargs: Any) -> None:
-        super().__init__(app, **kwargs)
-        self._limits = limits
-
-    async def _make_server(self) -> web.Server:
-        stats = self.app.get(SERVER_STATS) or ServerStats()
-        return GatewayServer(await super()._make_server(), self._limits, stats)
+        stats = app.get(SERVER_STATS) or ServerStats()  # build_app puts one in; a bare app gets its own
+        handler = functools.partial(GatewayRequestHandler, limits=limits, stats=stats)
+        super().__init__(app, make_handler=handler, **kwargs)
 
 
 async def serve(

@@ -469,8 +469,8 @@ RetryOn = Literal["connect_error", "timeout", "reset", "502", "503", "504"]
 
 
 class Retries(Strict):
-    """Retries of one route, only for requests safe to send twice (GET, HEAD, OPTIONS, PUT, DELETE, or any
-    method with an `Idempotency-Key`), within the upstream's `retry_budget`."""
+    """Retries of one route, only for requests safe to send twice (GET, HEAD, OPTIONS, TRACE, PUT, DELETE, or
+    any method with an `Idempotency-Key`), within the upstream's `retry_budget`."""
 
     attempts: Annotated[int, Field(ge=1, le=10)] = Field(2, description="Every try, the first included.")
     backoff: Duration = Field(0.05, description="Base of the exponential backoff (with jitter).")

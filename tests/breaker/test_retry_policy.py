@@ -24,6 +24,7 @@ def test_compiled_policy_splits_statuses_and_errors() -> None:
     [
         ("GET", {}, False, None, True),
         ("DELETE", {}, False, None, True),
+        ("TRACE", {}, False, None, True),  # idempotent by RFC 9110 9.2.2, as the pool's resend has it
         ("PUT", {}, True, 100, True),
         ("POST", {}, True, 100, False),
         ("PATCH", {}, True, 100, False),

@@ -1,4 +1,4 @@
-"""CORS from the policy on proxied routes (aiohttp-cors), preflights answered here, never on /api/ops."""
+"""CORS from the policy on proxied routes (gateway/cors.py), preflights answered here, never on /api/ops."""
 
 from __future__ import annotations
 
@@ -100,6 +100,19 @@ async def test_plain_options_without_origin_is_still_proxied(gw: Client, upstrea
     assert resp.status == 200
     assert (await resp.json())["method"] == "OPTIONS"
     assert [r.method for r in upstream.app[RECORDER].requests] == ["OPTIONS"]
+
+
+async def test_an_actual_options_request_from_an_allowed_origin_gets_cors_headers(
+    gw: Client, upstream: TestServer
+) -> None:
+    """OPTIONS with an Origin but no Access-Control-Request-Method is no preflight: a page's own OPTIONS call
+    (after its preflight). It is proxied, and the browser shows the answer only if it names the origin."""
+    resp = await gw.options("/api/things", headers={"Origin": ORIGIN})
+    assert resp.status == 200 and (await resp.json())["method"] == "OPTIONS"
+    assert [r.method for r in upstream.app[RECORDER].requests] == ["OPTIONS"]
+    assert resp.headers["Access-Control-Allow-Origin"] == ORIGIN
+    assert resp.headers["Access-Control-Allow-Credentials"] == "true"
+    assert resp.headers.getall("Vary") == ["Origin"]
 
 
 async def test_ops_endpoints_are_never_cors_enabled(gw: Client) -> None:

@@ -291,7 +291,7 @@ async def test_a_request_in_flight_finishes_on_the_upstream_it_started_with(
         assert status == 200, body
         assert body["diff"]["upstreams"]["removed"] == ["a"]  # type: ignore[index]
         assert (await client.get("/new")).status == 200 and seen(upstream_b) == ["/new"]
-        assert not old_client.session.closed
+        assert not old_client.closed
 
         release.set()
         resp = await asyncio.wait_for(in_flight, 1.0)
@@ -300,7 +300,7 @@ async def test_a_request_in_flight_finishes_on_the_upstream_it_started_with(
         retirements = gateway.reloader.retirements
         assert len(retirements) == 1
         await asyncio.wait_for(asyncio.gather(*retirements), timeout=1.0 + 1.0 + 1.0)  # grace: timeout + 1 s
-        assert old_client.session.closed
+        assert old_client.closed
     finally:
         await old.close()
 

@@ -4,7 +4,7 @@ aiohttp's ClientSession spent most of the gateway's CPU on machinery a reverse p
 jars, redirects, tracing, per-request timer contexts, URL rebuilding). This client sends the request head as
 one write, parses the response with httptools (llhttp) and hands body chunks to the relay as they come.
 
-Failures surface as `UpstreamError` with the same kinds `proxy.classify` gives aiohttp's exceptions:
+Failures surface as `UpstreamError` with the same kinds `errors.classify` gives aiohttp's exceptions:
 connect refused -> connect_error, deadline -> timeout (asyncio.TimeoutError), EOF or reset before the head
 -> reset, bytes that are not HTTP -> protocol. A connection is reused only after its response was read to
 the end on an HTTP/1.1 keep-alive exchange; any error, cancellation or early release retires it.
@@ -16,29 +16,22 @@ import asyncio
 import time
 from collections import deque
 from collections.abc import AsyncIterator, Callable
-from typing import TYPE_CHECKING, cast
+from typing import cast
 
 import httptools
 from multidict import CIMultiDict, CIMultiDictProxy
 
-if TYPE_CHECKING:
-    from gateway.proxy import BodyStream
+from gateway.upstream.errors import UpstreamError
+from gateway.upstream.methods import BODYLESS_METHODS, IDEMPOTENT_METHODS
+from gateway.upstream.reply import StreamedBody
 
 _HIGH_WATER = 256 * 1024  # buffered upstream body bytes before the upstream socket stops being read
 _MAX_HEAD = 64 * 1024  # response head bytes (status line + headers) before the upstream is deemed broken
 _IDLE_TIMEOUT = 15.0  # seconds an idle keep-alive connection is trusted (aiohttp's keepalive_timeout)
-_BODYLESS_METHODS = frozenset({"GET", "HEAD", "OPTIONS", "TRACE", "CONNECT"})
-_IDEMPOTENT = frozenset({"GET", "HEAD", "OPTIONS", "TRACE", "PUT", "DELETE"})
-
-
-def _upstream_error(kind: str, detail: str) -> Exception:
-    from gateway.proxy import UpstreamError  # proxy imports this module: resolved lazily
-
-    return UpstreamError(kind, detail)
 
 
 class UpstreamResponse:
-    """The response head and a streamed body: the slice of aiohttp's ClientResponse the relay reads."""
+    """The response head and a streamed body (an `UpstreamReply`)."""
 
     __slots__ = (
         "status", "reason", "headers", "content_length", "_conn", "_chunks", "_size", "_eof", "_error",
@@ -58,11 +51,6 @@ class UpstreamResponse:
         self._error: BaseException | None = None
         self._waiter: asyncio.Future[None] | None = None
         self._released = False
-
-    @property
-    def content(self) -> UpstreamResponse:
-        """The body stream (`iter_any()`), named as on aiohttp's ClientResponse."""
-        return self
 
     def _wake(self) -> None:
         waiter = self._waiter
@@ -161,9 +149,9 @@ class _Connection(asyncio.Protocol):
         try:
             self.parser.feed_data(data)
         except httptools.HttpParserUpgrade:
-            self._fail(_upstream_error("protocol", "upstream switched protocols"))
+            self._fail(UpstreamError("protocol", "upstream switched protocols"))
         except httptools.HttpParserError as exc:
-            self._fail(_upstream_error("protocol", f"malformed upstream response: {exc.__class__.__name__}"))
+            self._fail(UpstreamError("protocol", f"malformed upstream response: {exc.__class__.__name__}"))
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.lost = True
@@ -177,9 +165,9 @@ class _Connection(asyncio.Protocol):
                 self._complete = True  # a body without a length ends when the upstream closes
                 response._feed_eof()
             else:
-                response._fail(_upstream_error("protocol", "upstream response body cut short"))
+                response._fail(UpstreamError("protocol", "upstream response body cut short"))
         elif self._head is not None and not self._head.done():
-            self._head.set_exception(_upstream_error("reset", "upstream closed the connection"))
+            self._head.set_exception(UpstreamError("reset", "upstream closed the connection"))
         self._wake_drain()
 
     def pause_writing(self) -> None:
@@ -302,7 +290,7 @@ class _Connection(asyncio.Protocol):
     def start(
         self,
         head: bytes,
-        body: bytes | BodyStream | None,
+        body: bytes | StreamedBody | None,
         chunked: bool,
         head_only: bool,
         expires: float | None,
@@ -323,7 +311,7 @@ class _Connection(asyncio.Protocol):
             self._sender = loop.create_task(self._send_body(body, chunked))
         return self._head
 
-    async def _send_body(self, body: BodyStream, chunked: bool) -> None:
+    async def _send_body(self, body: StreamedBody, chunked: bool) -> None:
         assert self.transport is not None
         try:
             async for chunk in body:
@@ -340,7 +328,7 @@ class _Connection(asyncio.Protocol):
         except asyncio.CancelledError:
             raise
         except Exception:  # too large, or the client or upstream went away: the exchange is over
-            self._fail(_upstream_error("reset", "request body could not be sent"))
+            self._fail(UpstreamError("reset", "request body could not be sent"))
 
     def finish(self, *, reusable: bool) -> None:
         """End the exchange: back to the pool when clean and keep-alive, else closed."""
@@ -388,19 +376,19 @@ class UpstreamPool:
 
     @property
     def closed(self) -> bool:
-        """Whether close() ran (named as on aiohttp's ClientSession)."""
+        """Whether close() ran."""
         return self._closed
 
     @property
-    def connector(self) -> UpstreamPool:
-        """The pool itself: it is its own connector (`_acquired` holds the connections in use)."""
-        return self
+    def in_use(self) -> int:
+        """Connections handed out and not yet released (idle ones and ones being opened not counted)."""
+        return len(self._acquired)
 
     async def _acquire(self, connect_timeout: float | None, expires: float | None) -> _Connection:
         loop = asyncio.get_running_loop()
         while True:
             if self._closed:
-                raise _upstream_error("connect_error", "upstream client closed")
+                raise UpstreamError("connect_error", "upstream client closed")
             if self._idle:
                 stale_before = self._clock() - _IDLE_TIMEOUT
                 while self._idle:
@@ -439,7 +427,7 @@ class UpstreamPool:
         except TimeoutError:
             raise  # a TimeoutError is an OSError too: it stays a timeout
         except OSError:
-            raise _upstream_error("connect_error", "cannot connect to upstream") from None
+            raise UpstreamError("connect_error", "cannot connect to upstream") from None
         finally:
             self._connecting -= 1
             self._wake_one()
@@ -469,7 +457,7 @@ class UpstreamPool:
         method: str,
         target: str,
         headers: CIMultiDict[str],
-        body: bytes | BodyStream | None,
+        body: bytes | StreamedBody | None,
         *,
         connect_timeout: float | None,
         total_timeout: float | None,
@@ -477,7 +465,7 @@ class UpstreamPool:
         """Send one request and return once its response head is in (the body streams after)."""
         chunked = False
         if body is None:
-            if method not in _BODYLESS_METHODS and "Content-Length" not in headers:
+            if method not in BODYLESS_METHODS and "Content-Length" not in headers:
                 headers["Content-Length"] = "0"
         elif isinstance(body, bytes):
             headers["Content-Length"] = str(len(body))
@@ -490,7 +478,7 @@ class UpstreamPool:
         text = "".join(lines)
         # A CR or LF inside a name or value would split the head: refuse rather than smuggle a header.
         if text.count("\n") != len(lines) or text.count("\r") != len(lines):
-            raise _upstream_error("protocol", "header value with a line break")
+            raise UpstreamError("protocol", "header value with a line break")
         loop = asyncio.get_running_loop()
         expires = None if total_timeout is None else loop.time() + total_timeout
         head = text.encode("utf-8", "surrogateescape")
@@ -503,8 +491,13 @@ class UpstreamPool:
                 # A kept-alive connection the upstream closed as it was reused, before a byte of answer:
                 # the request was never taken up. Sent again on a fresh one when that is safe (idempotent,
                 # body in hand), as browsers and aiohttp do; not blamed on the upstream.
-                stale = getattr(exc, "kind", None) == "reset" and conn.exchanges > 0 and not conn.answered
-                if stale and method in _IDEMPOTENT and (body is None or isinstance(body, bytes)):
+                stale = (
+                    isinstance(exc, UpstreamError)
+                    and exc.kind == "reset"
+                    and conn.exchanges > 0
+                    and not conn.answered
+                )
+                if stale and method in IDEMPOTENT_METHODS and (body is None or isinstance(body, bytes)):
                     continue  # bounded: each pass takes another pooled connection, then a fresh one
                 raise
 

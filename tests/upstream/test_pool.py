@@ -8,8 +8,8 @@ from collections.abc import AsyncIterator, Callable
 import pytest
 from multidict import CIMultiDict
 
-from gateway.proxy import UpstreamError
-from gateway.upstream_client import UpstreamPool, UpstreamResponse
+from gateway.upstream.errors import UpstreamError
+from gateway.upstream.pool import UpstreamPool, UpstreamResponse
 from tests.support.clock import ManualClock
 
 
@@ -77,7 +77,7 @@ async def fetch(pool: UpstreamPool, method: str = "GET", body: bytes | None = No
     response = await pool.request(
         method, "/p", CIMultiDict({"Host": "h"}), body, connect_timeout=1.0, total_timeout=2.0
     )
-    data = b"".join([chunk async for chunk in response.content.iter_any()])
+    data = b"".join([chunk async for chunk in response.iter_any()])
     response.release()
     return response.status, data
 
@@ -117,7 +117,7 @@ async def test_chunked_and_interim_responses_are_decoded(scripted: Callable[...,
         "POST", "/p", CIMultiDict({"Host": "h"}), b"xyz", connect_timeout=1.0, total_timeout=2.0
     )
     assert response.status == 201 and response.reason == "Created" and response.headers["X-A"] == "1"
-    assert b"".join([c async for c in response.content.iter_any()]) == b"abcde"
+    assert b"".join([c async for c in response.iter_any()]) == b"abcde"
     response.release()
     assert b"Content-Length: 3\r\n\r\nxyz" in server.requests[0]
     await pool.close()
@@ -159,7 +159,7 @@ async def test_bad_replies_are_classified(scripted: Callable[..., object], reply
     with pytest.raises(UpstreamError) as caught:
         await fetch(pool)
     assert caught.value.kind == kind
-    assert len(pool.connector._acquired) == 0
+    assert pool.in_use == 0
     await pool.close()
 
 
@@ -192,7 +192,7 @@ async def test_a_silent_upstream_hits_the_total_deadline(scripted: Callable[...,
         await pool.request(
             "GET", "/", CIMultiDict({"Host": "h"}), None, connect_timeout=1.0, total_timeout=0.2
         )
-    assert len(pool.connector._acquired) == 0
+    assert pool.in_use == 0
     await pool.close()
     assert pool.closed
 
@@ -216,11 +216,11 @@ async def test_cancelling_a_request_closes_its_connection(scripted: Callable[...
         pool.request("GET", "/", CIMultiDict({"Host": "h"}), None, connect_timeout=1.0, total_timeout=5.0)
     )
     await asyncio.wait_for(server.got_request.wait(), 1.0)
-    conn = next(iter(pool.connector._acquired))
+    conn = next(iter(pool._acquired))
     task.cancel()
     with pytest.raises(asyncio.CancelledError):
         await task
-    assert len(pool.connector._acquired) == 0 and not pool._idle
+    assert pool.in_use == 0 and not pool._idle
     assert conn.transport is not None and conn.transport.is_closing()
     await pool.close()
 
