@@ -9,8 +9,9 @@ import aiohttp
 from gateway.upstream.reply import StreamedBody
 
 # 408/400: the client stalled or broke its own body; counted against the upstream, a handful of stalled
-# uploads would open its breaker for everyone.
-_STATUS_OF_KIND = {"timeout": 504, "client_timeout": 408, "client_body": 400}
+# uploads would open its breaker for everyone. 503 pool_timeout: no pooled connection came free in time;
+# that says the pool is full (of slow readers, say), not that the upstream failed: no breaker verdict.
+_STATUS_OF_KIND = {"timeout": 504, "client_timeout": 408, "client_body": 400, "pool_timeout": 503}
 
 
 class UpstreamError(Exception):
@@ -18,7 +19,7 @@ class UpstreamError(Exception):
 
     def __init__(self, kind: str, detail: str) -> None:
         super().__init__(detail)
-        self.kind = kind  # connect_error | timeout | reset | protocol | client_timeout | client_body
+        self.kind = kind  # connect_error | timeout | reset | protocol | pool_timeout | client_timeout | ...
         self.detail = detail
 
     @property

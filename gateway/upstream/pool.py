@@ -409,6 +409,12 @@ class UpstreamPool:
                 # in the same loop turn as the wake-up, and the request would go on for a client that left.
                 async with asyncio.timeout_at(expires):
                     await waiter
+            except TimeoutError:
+                if waiter.done() and not waiter.cancelled():
+                    self._wake_one()
+                raise UpstreamError(
+                    "pool_timeout", f"no upstream connection came free in time ({self.limit} in use)"
+                ) from None
             except BaseException:
                 if waiter.done() and not waiter.cancelled():
                     self._wake_one()  # woken for a free slot but leaving: the next waiter gets it

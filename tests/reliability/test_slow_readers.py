@@ -59,3 +59,33 @@ async def test_stalled_readers_are_cut_off_and_never_starve_the_pool_or_open_the
     finally:
         for sock in stalled:
             sock.close()
+
+
+POOL_POLICY = """
+version: 1
+upstreams: {{app: {{url: "{url}", max_connections: 1, breaker: app}}}}
+breakers:
+  app: {{consecutive_failures: 1, reset_timeout: 60s}}
+routes:
+  - {{name: slow, match: "GET /slow", upstream: app, timeout: 5s}}
+  - {{name: d, match: "GET /{{p:.*}}", upstream: app, timeout: 500ms}}
+"""
+
+
+async def test_waiting_for_a_full_pool_is_not_the_upstreams_failure(
+    make_gateway: GatewayFactory, upstream: TestServer
+) -> None:
+    gw = await make_gateway(POOL_POLICY, url=str(upstream.make_url("")).rstrip("/"))
+    # A slow (but healthy) call holds the only connection; another waits for the pool past its own deadline
+    # and gets 503 pool_timeout, which says nothing of the upstream: the breaker stays closed.
+    holder = asyncio.ensure_future(gw.get("/slow?s=2"))
+    pool = gw.app[GATEWAY].current().clients["app"]
+    for _ in range(200):  # until the slow call holds the only connection
+        if pool.connections_in_use == 1:
+            break
+        await asyncio.sleep(0.01)
+    queued = await gw.get("/echo")
+    assert queued.status == 503 and (await queued.json())["error"] == "pool_timeout"
+    assert (await holder).status == 200
+    snapshot = gw.app[GATEWAY].current().breakers["app"].snapshot()
+    assert snapshot["state"] == "closed" and snapshot["failures"] == 0, snapshot
