@@ -6,6 +6,7 @@ import asyncio
 import os
 import resource
 from collections.abc import AsyncIterator
+from pathlib import Path
 
 import aiohttp
 import pytest
@@ -14,6 +15,7 @@ from aiohttp.test_utils import TestServer
 
 from gateway.app import GATEWAY
 from tests.conftest import GatewayFactory
+from tests.support.process import start_gateway
 
 POLICY = """
 version: 1
@@ -191,3 +193,33 @@ async def test_a_client_that_stops_reading_does_not_grow_the_gateways_memory(
     # Everything runs in this process (gateway, upstream, client), so the bound is loose: far below 64 MiB.
     assert grown < 24 * 1024, grown
     assert relayed and relayed[0] < 32 * 2**20, relayed
+
+
+async def test_sigterm_closes_tunnels_after_the_drain_timeout(
+    tmp_path: Path, ws_upstream: TestServer
+) -> None:
+    policy = tmp_path / "policy.yaml"
+    policy.write_text(
+        POLICY.format(url=str(ws_upstream.make_url("")).rstrip("/"), idle="1h", longest="1h").replace(
+            "server: {", "server: {drain_timeout: 1s, "
+        )
+    )
+    proc, port = await start_gateway(policy)
+    try:
+        async with aiohttp.ClientSession() as session:
+            async with session.ws_connect(f"http://127.0.0.1:{port}/ws") as ws:
+                await ws.send_str("before")
+                assert (await ws.receive(5)).data == "echo:before"
+                proc.terminate()
+                started = asyncio.get_running_loop().time()
+                await ws.send_str("during the drain")  # the tunnel still works while the gateway drains
+                assert (await ws.receive(5)).data == "echo:during the drain"
+                closed = await ws.receive(10)
+                waited = asyncio.get_running_loop().time() - started
+                assert closed.type in (WSMsgType.CLOSE, WSMsgType.CLOSED, WSMsgType.ERROR)
+                assert 0.5 <= waited <= 8, waited
+        assert await asyncio.wait_for(proc.wait(), 10) == 0
+    finally:
+        if proc.returncode is None:
+            proc.kill()
+            await proc.wait()
