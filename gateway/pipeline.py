@@ -412,7 +412,7 @@ class Pipeline:
         tunnel = Tunnel(request, shake, self._tunnels, idle=settings.tunnel_idle_timeout,
                         longest=settings.tunnel_max_duration)
         try:
-            await tunnel.run(Tunnel.hook(tunnel))
+            await tunnel.run()
         finally:  # also when the handler is cancelled (the client went, or shutdown after the drain timeout)
             exchange.tunnel = {
                 "tunnel_ms": round((time.monotonic() - tunnel.started) * 1000, 3),

@@ -23,6 +23,9 @@ from aiohttp import web
 from multidict import CIMultiDict
 from yarl import URL
 
+from gateway.upstream.errors import UpstreamError
+from gateway.upstream.pool import request_head
+
 HIGH_WATER = 256 * 1024  # bytes of the client's written upstream and not yet taken: stop reading the client
 MAX_HEAD = 64 * 1024  # the upstream's handshake answer head
 MAX_REFUSAL_BODY = 1 << 20  # the body of a non-101 answer, relayed as is
@@ -108,12 +111,10 @@ async def handshake(
     """Send the upgrade request to the upstream at `base` and read its answer. Raises HandshakeError."""
     url = URL(base)
     context = ssl.create_default_context() if url.scheme == "https" else None
-    head = [f"{method} {target} HTTP/1.1\r\n"]
-    head.extend(f"{name}: {value}\r\n" for name, value in headers.items())
-    head.append("\r\n")
-    text = "".join(head)
-    if text.count("\n") != len(head) or text.count("\r") != len(head):
-        raise HandshakeError("protocol", "header value with a line break")
+    try:
+        head = request_head(method, target, headers)
+    except UpstreamError as exc:
+        raise HandshakeError(exc.kind, exc.detail) from None
     try:
         async with asyncio.timeout(deadline):
             reader, writer = await asyncio.open_connection(
@@ -125,7 +126,7 @@ async def handshake(
     except OSError:
         raise HandshakeError("connect_error", "cannot connect to upstream") from None
     try:
-        writer.write(text.encode("utf-8", "surrogateescape"))
+        writer.write(head)
         answer = _Answer()
         parser = httptools.HttpResponseParser(answer)
         seen = 0
@@ -158,11 +159,19 @@ async def handshake(
                      writer)
 
 
-class _ClientSide:
-    """What aiohttp feeds the client's bytes to once the connection is upgraded (its `set_parser` hook)."""
+class _ClientSide(asyncio.Protocol):
+    """The client's connection once upgraded: its bytes go to the tunnel.
 
-    def __init__(self, tunnel: Tunnel) -> None:
+    aiohttp first hands over what it had read past the request head (`feed_data`, through the `set_parser`
+    hook its WebSocket support uses); then the transport is given this protocol (`set_protocol`), so the
+    bytes keep flowing while aiohttp's own protocol drains at shutdown (it drops a client's data from then
+    on). Flow control and the close still reach aiohttp's protocol: its writes wait on the drain, it forgets
+    the connection when it is lost.
+    """
+
+    def __init__(self, tunnel: Tunnel, server_side: asyncio.BaseProtocol) -> None:
         self._tunnel = tunnel
+        self._server_side = server_side
 
     def feed_data(self, data: bytes) -> tuple[bool, bytes]:
         self._tunnel.from_client(data)
@@ -170,6 +179,23 @@ class _ClientSide:
 
     def feed_eof(self) -> None:
         self._tunnel.client_done.set()
+
+    def data_received(self, data: bytes) -> None:
+        self._tunnel.from_client(data)
+
+    def eof_received(self) -> bool:
+        self._tunnel.client_done.set()
+        return False  # close: a half-closed tunnel is closed whole
+
+    def pause_writing(self) -> None:
+        self._server_side.pause_writing()
+
+    def resume_writing(self) -> None:
+        self._server_side.resume_writing()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._tunnel.client_done.set()
+        self._server_side.connection_lost(exc)
 
 
 class Tunnel:
@@ -229,10 +255,13 @@ class Tunnel:
             if not data:
                 return
 
-    async def run(self, client_side_hook: _ClientSide) -> str:
+    async def run(self) -> str:
         """Relay until a side closes, the tunnel idles or lasts too long; returns why it ended."""
         protocol = self._request.protocol
-        protocol.set_parser(client_side_hook)  # type: ignore[arg-type]  # (aiohttp's WebSocket hook)
+        client_side = _ClientSide(self, protocol)
+        protocol.set_parser(client_side)  # type: ignore[arg-type]  # (aiohttp's WebSocket hook: takes the tail)
+        if self._client is not None:
+            self._client.set_protocol(client_side)
         self._stats.open += 1
         pump = asyncio.get_running_loop().create_task(self._upstream_to_client())
         client_gone = asyncio.get_running_loop().create_task(self.client_done.wait())
@@ -267,10 +296,6 @@ class Tunnel:
                 self._client.close()
             self._stats.open -= 1
             self._stats.ended(reason, time.monotonic() - self.started)
-
-    @classmethod
-    def hook(cls, tunnel: Tunnel) -> _ClientSide:
-        return _ClientSide(tunnel)
 
 
 def answer_headers(headers: CIMultiDict[str], skip: Iterable[str]) -> CIMultiDict[str]:

@@ -30,6 +30,18 @@ _MAX_HEAD = 64 * 1024  # response head bytes (status line + headers) before the 
 _IDLE_TIMEOUT = 15.0  # seconds an idle keep-alive connection is trusted (aiohttp's keepalive_timeout)
 
 
+def request_head(method: str, target: str, headers: CIMultiDict[str]) -> bytes:
+    """An HTTP/1.1 request head, as one buffer. Raises UpstreamError (protocol) for a line break in a header:
+    it would split the head, and refusing beats smuggling a header past the gateway."""
+    lines = [f"{method} {target} HTTP/1.1\r\n"]
+    lines.extend(f"{name}: {value}\r\n" for name, value in headers.items())
+    lines.append("\r\n")
+    text = "".join(lines)
+    if text.count("\n") != len(lines) or text.count("\r") != len(lines):
+        raise UpstreamError("protocol", "header value with a line break")
+    return text.encode("utf-8", "surrogateescape")
+
+
 class UpstreamResponse:
     """The response head and a streamed body (an `UpstreamReply`)."""
 
@@ -478,16 +490,9 @@ class UpstreamPool:
         elif "Content-Length" not in headers:
             headers["Transfer-Encoding"] = "chunked"
             chunked = True
-        lines = [f"{method} {target} HTTP/1.1\r\n"]
-        lines.extend(f"{name}: {value}\r\n" for name, value in headers.items())
-        lines.append("\r\n")
-        text = "".join(lines)
-        # A CR or LF inside a name or value would split the head: refuse rather than smuggle a header.
-        if text.count("\n") != len(lines) or text.count("\r") != len(lines):
-            raise UpstreamError("protocol", "header value with a line break")
+        head = request_head(method, target, headers)
         loop = asyncio.get_running_loop()
         expires = None if total_timeout is None else loop.time() + total_timeout
-        head = text.encode("utf-8", "surrogateescape")
         while True:
             conn = await self._acquire(connect_timeout, expires)
             try:

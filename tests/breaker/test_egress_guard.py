@@ -10,7 +10,7 @@ import aiohttp
 import pytest
 from aiohttp.test_utils import TestServer
 
-from tests.breaker.conftest import INTENT, GatewayStarter, Provider
+from tests.breaker.conftest import INTENT, GatewayStarter, Provider, Running
 from tests.support.upstream import recording_app
 
 SHIPPED = Path(__file__).resolve().parents[2] / "policies.yaml"
@@ -33,15 +33,23 @@ async def status_from(port: int, source: str, method: str, path: str) -> int:
             return response.status
 
 
-async def test_the_shipped_egress_route_serves_only_the_app_and_only_the_providers_api(
+@pytest.fixture
+async def shipped(
     start_gateway: GatewayStarter, provider: Provider, app_upstream: TestServer,
     monkeypatch: pytest.MonkeyPatch,
-) -> None:
+) -> Running:
+    """The shipped policies.yaml, its upstreams pointed at the test's app and provider (no Redis)."""
     monkeypatch.delenv("REDIS_URL", raising=False)
     app_url = str(app_upstream.make_url("")).rstrip("/")
-    gw = await start_gateway(
+    return await start_gateway(
         SHIPPED.read_text(), **{"http://127.0.0.1:8001": app_url, "http://127.0.0.1:8002": provider.url}
     )
+
+
+async def test_the_shipped_egress_route_serves_only_the_app_and_only_the_providers_api(
+    shipped: Running, provider: Provider
+) -> None:
+    gw = shipped
     port = gw.client.port
     assert port is not None
     # Another address on the host (or beyond it): refused before the provider sees anything.
@@ -59,15 +67,8 @@ async def test_the_shipped_egress_route_serves_only_the_app_and_only_the_provide
     assert provider.calls == 1
 
 
-async def test_the_shipped_egress_route_is_rate_limited(
-    start_gateway: GatewayStarter, provider: Provider, app_upstream: TestServer,
-    monkeypatch: pytest.MonkeyPatch,
-) -> None:
-    monkeypatch.delenv("REDIS_URL", raising=False)
-    app_url = str(app_upstream.make_url("")).rstrip("/")
-    gw = await start_gateway(
-        SHIPPED.read_text(), **{"http://127.0.0.1:8001": app_url, "http://127.0.0.1:8002": provider.url}
-    )
+async def test_the_shipped_egress_route_is_rate_limited(shipped: Running, provider: Provider) -> None:
+    gw = shipped
     statuses = []
     for _ in range(250):  # more than the shipped burst (200) at once, from the app's own address
         async with gw.client.get("/egress/payments/v1/ping") as response:
