@@ -27,7 +27,7 @@ aiohttp-cors is not used (docs/design-notes.md, "Why no aiohttp-cors"): it neede
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 from aiohttp import web
@@ -47,14 +47,17 @@ class OneWriteResponse(web.StreamResponse):
 # Makes one connection handler: called with the server, then aiohttp's own keyword arguments (loop=...,
 # keepalive_timeout=..., access_log_class=..., and the rest of what the runner was given).
 MakeHandler = Callable[..., RequestHandler]
+Handler = Callable[[web.BaseRequest], Awaitable[web.StreamResponse]]
 
 
 class _HandlerServer(web.Server):
     """aiohttp's server, rebuilt with the same settings, making connection handlers with `make_handler`."""
 
-    def __init__(self, base: web.Server, make_handler: MakeHandler) -> None:
+    def __init__(
+        self, base: web.Server, make_handler: MakeHandler, wrap: Callable[[Handler], Handler] | None
+    ) -> None:
         super().__init__(
-            base.request_handler,
+            wrap(base.request_handler) if wrap is not None else base.request_handler,
             request_factory=base.request_factory,
             handler_cancellation=base.handler_cancellation,
             loop=base._loop,
@@ -69,12 +72,20 @@ class _HandlerServer(web.Server):
 class HandlerRunner(web.AppRunner):
     """An AppRunner whose connections are handled by `make_handler` (a RequestHandler subclass, say)."""
 
-    def __init__(self, app: web.Application, *, make_handler: MakeHandler, **kwargs: Any) -> None:
+    def __init__(
+        self,
+        app: web.Application,
+        *,
+        make_handler: MakeHandler,
+        wrap: Callable[[Handler], Handler] | None = None,
+        **kwargs: Any,
+    ) -> None:
         super().__init__(app, **kwargs)
         self._gateway_make_handler = make_handler
+        self._gateway_wrap = wrap  # around the application's request handler (once per request)
 
     async def _make_server(self) -> web.Server:
-        return _HandlerServer(await super()._make_server(), self._gateway_make_handler)
+        return _HandlerServer(await super()._make_server(), self._gateway_make_handler, self._gateway_wrap)
 
 
 def requests_parsed(handler: RequestHandler) -> int:

@@ -15,11 +15,10 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
 from aiohttp import hdrs, web
-from aiohttp.typedefs import Middleware
 
 from gateway.ops.http import add_ops_fallback, problem
 from gateway.policy.model import Cors
-from gateway.server import defer_continue
+from gateway.server import NOT_A_PATH, defer_continue
 
 ProxyHandler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 CATCH_ALL = r"/{tail:[\s\S]*}"
@@ -124,20 +123,6 @@ def _is_preflight(request: web.BaseRequest) -> bool:
     )
 
 
-def _every_target(pipeline: ProxyHandler) -> Middleware:
-    """A request no route takes (`OPTIONS *`, `CONNECT host:443`: targets that are not a path) is still
-    answered by the pipeline: JSON, a request id, an access log line and an SLO record, never aiohttp's
-    plain-text 404. (Every path is taken by the catch-all route: its pattern matches line breaks too.)"""
-
-    @web.middleware
-    async def every_target(request: web.Request, handler: ProxyHandler) -> web.StreamResponse:
-        if request.match_info.http_exception is not None:
-            return await pipeline(request)
-        return await handler(request)
-
-    return every_target
-
-
 def add_proxy_route(app: web.Application, handler: ProxyHandler, cors: Cors | None) -> web.AbstractRoute:
     """Register the catch-all proxy route (last), with CORS when the policy has `cors:` with origins.
 
@@ -145,7 +130,7 @@ def add_proxy_route(app: web.Application, handler: ProxyHandler, cors: Cors | No
     no /api/ops/ path falls through to the upstream.
     """
     add_ops_fallback(app)
-    app.middlewares.append(_every_target(handler))
+    app[NOT_A_PATH] = handler  # `OPTIONS *`, `CONNECT host:443`: no route takes them; the pipeline answers
     if cors is None or not cors.origins:
         return app.router.add_route("*", CATCH_ALL, handler, expect_handler=defer_continue)
     rules = CorsRules.compile(cors)

@@ -12,7 +12,7 @@ import asyncio
 import functools
 import os
 import signal
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -58,6 +58,9 @@ class ServerStats:
 
 
 SERVER_STATS = web.AppKey("server_stats", ServerStats)
+Handler = Callable[[web.BaseRequest], Awaitable[web.StreamResponse]]
+ProxyHandler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+NOT_A_PATH: web.AppKey[ProxyHandler] = web.AppKey("not_a_path")  # the pipeline: targets that are not a path
 _CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
 
 
@@ -192,13 +195,31 @@ class GatewayRequestHandler(RequestHandler):
         return response
 
 
+def _every_target(not_a_path: ProxyHandler | None) -> Callable[[Handler], Handler] | None:
+    """Around the application: a request whose target is not a path (`OPTIONS *`, `CONNECT host:443`) goes
+    straight to the pipeline, which answers it (JSON, request id, log line, SLO record); aiohttp's router
+    would answer a plain-text 404 of its own. One string test per request."""
+    if not_a_path is None:
+        return None
+
+    def wrap(app_handler: Handler) -> Handler:
+        async def every_target(request: web.BaseRequest) -> web.StreamResponse:
+            if request.raw_path[:1] != "/" and isinstance(request, web.Request):
+                return await not_a_path(request)
+            return await app_handler(request)
+
+        return every_target
+
+    return wrap
+
+
 class GatewayRunner(HandlerRunner):
     """An AppRunner whose server uses GatewayRequestHandler; the CLI and the tests both run through it."""
 
     def __init__(self, app: web.Application, *, limits: ConnectionLimits, **kwargs: Any) -> None:
         stats = app.get(SERVER_STATS) or ServerStats()  # build_app puts one in; a bare app gets its own
         handler = functools.partial(GatewayRequestHandler, limits=limits, stats=stats)
-        super().__init__(app, make_handler=handler, **kwargs)
+        super().__init__(app, make_handler=handler, wrap=_every_target(app.get(NOT_A_PATH)), **kwargs)
 
 
 async def serve(
