@@ -35,3 +35,4 @@ class Exchange:
     upgrade: str | None = None  # the Upgrade token of a handshake the route lets through (lower case)
     handshake_done: float | None = None  # perf_counter() at the 101: the SLO counts the handshake only
     tunnel: dict[str, object] | None = None  # how an upgraded connection ended: for the access log
+    upstream_head: float | None = None  # seconds to the response head: the limiter's sample

@@ -18,6 +18,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Histo
 from prometheus_client.exposition import generate_latest
 from prometheus_client.registry import Collector
 
+from gateway.admission import Admission
 from gateway.events import Event, Events
 from gateway.logs import get_logger
 from gateway.runtime import Runtime
@@ -78,6 +79,7 @@ class GatewayMetrics:
         self.last_reload_success: float | None = None
         self.redis_changes = _Counts()  # (to,)
         self.admin_actions = _Counts()  # (action,)
+        self.mode_changes = _Counts()  # (upstream, to): admission tightening by burn rate
         events.subscribe(self._on_event)
         self.registry = CollectorRegistry(auto_describe=False)
         self.registry.register(_GatewayCollector(self))
@@ -106,6 +108,8 @@ class GatewayMetrics:
             self.redis_changes.inc(to)
         elif kind == "admin_action":
             self.admin_actions.inc(_text(fields.get("action")))
+        elif kind == "admission_mode_change":
+            self.mode_changes.inc(_text(fields.get("upstream")), _text(fields.get("to")))
 
     def exposition(self) -> bytes:
         """The Prometheus text exposition of everything."""
@@ -132,9 +136,23 @@ class GatewayMetrics:
         metrics["rate_limit_breaches"] = {k[0]: v for k, v in sorted(self.breaches.values.items())}
         metrics["rate_limit_shadow_breaches_total"] = self.shadow_breaches.total()
         metrics["circuit_breakers"] = self.breakers()
+        metrics["admission"] = {name: admission_report(a) for name, a in sorted(runtime.admissions.items())}
         metrics["routes"] = statuses
         metrics["window_seconds"] = slo.window
         return {"metrics": metrics, "generated_at": time.time()}
+
+
+def admission_report(admission: Admission) -> dict[str, Any]:
+    """One upstream's admission state and its shed counts, for /api/ops/metrics."""
+    shed: dict[str, dict[str, int]] = {}
+    for (route, priority, _reason), n in admission.shed.items():
+        by_priority = shed.setdefault(route, {})
+        by_priority[priority] = by_priority.get(priority, 0) + n
+    would: dict[str, int] = {}
+    for (route, _priority), n in admission.would_shed.items():
+        would[route] = would.get(route, 0) + n
+    return {**admission.snapshot(), "shed": shed, "shed_total": sum(admission.shed.values()),
+            "shadow_shed": would}
 
 
 class _GatewayCollector(Collector):
@@ -158,6 +176,7 @@ class _GatewayCollector(Collector):
         yield from self._breakers(runtime)
         yield from self._events()
         yield from self._limiter(runtime)
+        yield from self._admission(runtime)
         yield from self._audit()
         yield from self._server()
 
@@ -199,6 +218,42 @@ class _GatewayCollector(Collector):
             "gateway_tunnel_duration_seconds", "How long upgraded connections lasted.",
             buckets=cumulative, sum_value=tunnels.duration_sum,
         )
+
+    def _admission(self, runtime: Runtime) -> Iterator[Metric]:
+        by_upstream = ["upstream"]
+        gauges = [
+            (GaugeMetricFamily("gateway_admission_limit", "Adaptive concurrency limit in force.",
+                               labels=by_upstream), "limit"),
+            (GaugeMetricFamily("gateway_admission_inflight", "Requests in flight under admission control.",
+                               labels=by_upstream), "inflight"),
+            (GaugeMetricFamily("gateway_admission_queued", "Requests waiting for an admission slot.",
+                               labels=by_upstream), "queued"),
+        ]
+        mode = GaugeMetricFamily(
+            "gateway_admission_mode",
+            "Burn-rate tightening: 0 normal, 1 sheddable capped, 2 sheddable refused and normal capped.",
+            labels=by_upstream,
+        )
+        no_load = GaugeMetricFamily("gateway_admission_no_load_latency_seconds",
+                                    "Learned no-load latency of the upstream.", labels=by_upstream)
+        shed = CounterMetricFamily("gateway_admission_shed", "Requests shed (503) by admission control.",
+                                   labels=["upstream", "route", "priority", "reason"])
+        would = CounterMetricFamily("gateway_admission_shadow_shed",
+                                    "Requests a shadow-mode admission would have shed.",
+                                    labels=["upstream", "route", "priority"])
+        for name, admission in sorted(runtime.admissions.items()):
+            snap = admission.snapshot()
+            for family, key in gauges:
+                family.add_metric([name], snap[key])
+            mode.add_metric([name], admission.level)
+            if admission.no_load is not None:
+                no_load.add_metric([name], admission.no_load)
+            for (route, priority, reason), n in sorted(admission.shed.items()):
+                shed.add_metric([name, route, priority, reason], n)
+            for (route, priority), n in sorted(admission.would_shed.items()):
+                would.add_metric([name, route, priority], n)
+        yield from (family for family, _ in gauges)
+        yield from (mode, no_load, shed, would)
 
     def _audit(self) -> Iterator[Metric]:
         if self._owner.audit_stats is None:
@@ -291,6 +346,8 @@ class _GatewayCollector(Collector):
              ["to"], owner.redis_changes.values),
             ("gateway_admin_actions", "Audited admin actions, by action.",
              ["action"], owner.admin_actions.values),
+            ("gateway_admission_mode_changes", "Burn-rate tightening changes, by upstream and new mode.",
+             ["upstream", "to"], owner.mode_changes.values),
         ]
         for name, doc, labels, values in specs:
             family = CounterMetricFamily(name, doc, labels=labels)

@@ -18,6 +18,7 @@ from aiohttp import web
 from multidict import CIMultiDict
 from yarl import URL
 
+from gateway.admission import PRIORITY_NAMES, Admission
 from gateway.breaker import Breaker
 from gateway.exchange import Exchange
 from gateway.identity import Identity, forwarded_for, user_id
@@ -245,6 +246,22 @@ class Pipeline:
             exchange.permit = route.breaker.acquire()
             if exchange.permit is None:
                 return self._breaker_open(exchange, route.breaker)
+        # -- stage: adaptive concurrency (gateway/admission.py): under the learned limit, or queue, or shed --
+        # (not for an upgrade: a tunnel's lifetime says nothing of how many requests the upstream serves)
+        admission = route.admission
+        if admission is not None and exchange.upgrade is None:
+            exchange.runtime.burn.tick()
+            if not admission.enter(route.name, route.priority):
+                reason = await admission.wait(route.priority)
+                if reason is not None:
+                    return self._shed(exchange, route, admission, reason)
+            try:
+                return await self._capped(exchange, route)
+            finally:
+                admission.leave(exchange.upstream_head)
+        return await self._capped(exchange, route)
+
+    async def _capped(self, exchange: Exchange, route: CompiledRoute) -> web.StreamResponse:
         # -- stage: overload: a slow upstream must not gather every request (and all memory) --
         client = route.client
         if not client.admit():
@@ -261,6 +278,18 @@ class Pipeline:
             client.done()
             if exchange.permit is not None:
                 exchange.permit.release()  # no-op once recorded; frees a probe slot when no verdict came
+
+    def _shed(
+        self, exchange: Exchange, route: CompiledRoute, admission: Admission, reason: str
+    ) -> web.Response:
+        """A request admission control refused: 503 `shed`, never an upstream error or a breaker verdict."""
+        if exchange.permit is not None:
+            exchange.permit.release()  # no verdict: the upstream was never asked
+        admission.count_shed(route.name, route.priority, reason)
+        retry_after = admission.spec.retry_after
+        return self._refuse(exchange, 503, "shed", headers=(("Retry-After", str(retry_after)),),
+                            route=route.name, upstream=admission.upstream,
+                            priority=PRIORITY_NAMES[route.priority], reason=reason, retry_after=retry_after)
 
     def _breaker_open(self, exchange: Exchange, breaker: Breaker) -> web.Response:
         """The fast-fail answer of an open breaker: 503, Retry-After until HALF_OPEN, the breaker named."""
@@ -335,6 +364,7 @@ class Pipeline:
             upstream = await send_with_retries(
                 send, retry, attempts, breaker=route.breaker, budget=route.retry_budget
             )
+            exchange.upstream_head = _clock() - attempt_at
         except BreakerOpened:
             assert route.breaker is not None
             return self._breaker_open(exchange, route.breaker)  # it opened during the backoff
@@ -342,6 +372,8 @@ class Pipeline:
             return self._refuse(exchange, 413, "body_too_large", route=route.name, limit=route.max_body)
         except UpstreamError as exc:
             outcome.upstream_duration = _clock() - sent_at
+            if exc.kind == "timeout":  # no answer in time says the upstream is slow: the limiter must know
+                exchange.upstream_head = _clock() - attempt_at
             if permit is not None and not exc.clients_fault:  # a stalled upload says nothing of it
                 permit.record_outcome(None, exc.kind, _clock() - attempt_at)  # the final outcome only
             return self._refuse(exchange, exc.status, exc.kind, route=route.name, upstream=client.name,

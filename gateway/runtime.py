@@ -15,7 +15,9 @@ from typing import Any, Protocol
 
 import aiohttp
 
+from gateway.admission import PRIORITIES, Admission
 from gateway.breaker import Breaker, build_breakers, transition_listener
+from gateway.burnwatch import BurnWatch
 from gateway.events import Events
 from gateway.identity import ClientResolver, Network
 from gateway.policy.loader import LoadedPolicy
@@ -45,6 +47,8 @@ class CompiledRoute:
     limits: RouteLimits | None = None  # the route's rate limits, checked by `Runtime.limiter`
     allow_from: tuple[Network, ...] = ()  # empty: every client
     upgrade: frozenset[str] = frozenset()  # lower-case Upgrade tokens the route lets through
+    priority: int = PRIORITIES["normal"]  # gateway.admission.SHEDDABLE / NORMAL / CRITICAL
+    admission: Admission | None = None  # the upstream's adaptive concurrency, when it has one
 
     def allows(self, ip: str) -> bool:
         """Whether a client at `ip` may use the route (`allow_from`)."""
@@ -81,6 +85,8 @@ class Runtime:
     retry_budgets: dict[str, RetryBudget]  # per upstream with a retrying route
     slo: SloRecorder  # per route+method SLO windows; carried over from the previous runtime
     limiter: Limiter  # rate limits; buckets, Redis connection and overrides carried over
+    admissions: dict[str, Admission]  # per upstream with adaptive concurrency; learned limits carried over
+    burn: BurnWatch  # critical routes' fast burn -> tighter admission on their upstream
 
     @property
     def policy(self) -> Policy:
@@ -111,6 +117,7 @@ def compile_route(
     clients: dict[str, UpstreamClient],
     breakers: dict[str, Breaker] | None = None,
     budgets: dict[str, RetryBudget] | None = None,
+    admissions: dict[str, Admission] | None = None,
 ) -> CompiledRoute:
     upstream = policy.upstreams[route.upstream]
     breaker_name = route.breaker or upstream.breaker
@@ -133,6 +140,8 @@ def compile_route(
         limits=route_limits(route),
         allow_from=route.allow_from,
         upgrade=frozenset(token.lower() for token in route.upgrade),
+        priority=PRIORITIES[route.priority],
+        admission=(admissions or {}).get(route.upstream),
     )
 
 
@@ -161,8 +170,10 @@ def build_runtime(
         policy, previous.breakers if previous is not None else {}, transition_listener(events.emit), clock
     )
     budgets = build_retry_budgets(policy, previous.retry_budgets if previous is not None else {}, clock)
+    admissions = build_admissions(policy, previous, clock)
     compiled = {
-        route.name: compile_route(route, policy, clients, breakers, budgets) for route in policy.routes
+        route.name: compile_route(route, policy, clients, breakers, budgets, admissions)
+        for route in policy.routes
     }
     router = Router([(route.match, compiled[route.name]) for route in policy.routes])
     user_header = policy.identity.user_header
@@ -177,6 +188,11 @@ def build_runtime(
             "forwarded",
         }
     )
+    slo = SloRecorder(policy, previous.slo if previous is not None else None, clock=clock)
+    critical = {
+        name: tuple(r.name for r in policy.routes if r.upstream == name and r.priority == "critical")
+        for name in admissions
+    }
     return Runtime(
         loaded=loaded,
         router=router,
@@ -188,8 +204,30 @@ def build_runtime(
         routes=compiled,
         breakers=breakers,
         retry_budgets=budgets,
-        slo=SloRecorder(policy, previous.slo if previous is not None else None, clock=clock),
+        slo=slo,
         limiter=Limiter(
             policy, previous.limiter if previous is not None else None, events=events, clock=clock
         ),
+        admissions=admissions,
+        burn=BurnWatch(slo, admissions, critical, events, slo.clock),
     )
+
+
+def build_admissions(
+    policy: Policy, previous: Runtime | None, clock: Callable[[], float]
+) -> dict[str, Admission]:
+    """One `Admission` per upstream with adaptive concurrency. An unchanged upstream keeps its object (the
+    learned limit, the in-flight count and the queue); one whose concurrency settings changed but whose URL
+    did not starts from the learned limit and no-load latency (in-flight requests finish on the old one)."""
+    admissions: dict[str, Admission] = {}
+    for name, spec in policy.upstreams.items():
+        if not spec.concurrency.adaptive:
+            continue
+        old = previous.admissions.get(name) if previous is not None else None
+        same_url = old is not None and previous is not None and previous.upstream_specs[name].url == spec.url
+        if old is not None and same_url and old.spec == spec.concurrency:
+            admissions[name] = old
+        else:
+            learned = old if same_url else None
+            admissions[name] = Admission(name, spec.concurrency, clock=clock, learned=learned)
+    return admissions

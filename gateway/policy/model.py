@@ -628,6 +628,11 @@ class Route(Strict):
         " a third party through the gateway) should name the app's own address: otherwise anyone can relay"
         " through it and trip its breaker for everyone.",
     )
+    priority: Literal["critical", "normal", "sheddable"] = Field(
+        "normal",
+        description="Who is shed first when the upstream's adaptive concurrency (`concurrency`) is full:"
+        " `sheddable`, then `normal`; `critical` last (docs/overload.md).",
+    )
 
     @field_validator("match", mode="before")
     @classmethod
@@ -635,6 +640,62 @@ class Route(Strict):
         if isinstance(value, str):
             return parse_match(value)
         raise ValueError(f"match must be a string such as 'GET /api/orders', got {value!r}")
+
+
+class Concurrency(Strict):
+    """Adaptive concurrency of one upstream (gateway/admission.py, docs/overload.md): the gateway learns how
+    many requests the upstream serves at once without queueing, keeps the requests in flight under that limit,
+    queues a few briefly and sheds the rest by route `priority`. Off unless `adaptive: true`."""
+
+    adaptive: bool = Field(False, description="Learn a concurrency limit for this upstream and enforce it.")
+    shadow: bool = Field(
+        False, description="Enforce nothing: count the requests that would have been shed (needs `adaptive`)."
+    )
+    min: Annotated[int, Field(ge=1, le=10_000)] = Field(
+        4, description="Floor of the limit, and the limit while probing: what the upstream surely serves."
+    )
+    max: Annotated[int, Field(ge=1, le=100_000)] = Field(256, description="Ceiling of the limit.")
+    queue: Annotated[int, Field(ge=0, le=10_000)] = Field(
+        32, description="Requests waiting for a slot, at most (0: refuse at once when the limit is reached)."
+    )
+    queue_timeout: Duration = Field(
+        0.1, description="How long a request waits in the queue before it is shed (503 `shed`)."
+    )
+    tolerance: Percent = Field(
+        0.25, description="Latency above the no-load latency tolerated before the limit shrinks."
+    )
+    window: Duration = Field(0.25, description="The limit moves once per window of measured latencies.")
+    probe_interval: Duration = Field(
+        30.0, description="How often the no-load latency is re-learned (the limit drops to `min` meanwhile)."
+    )
+    probe_samples: Annotated[int, Field(ge=1, le=10_000)] = Field(
+        20, description="Answers a probe needs to learn the no-load latency."
+    )
+    tighten_share: Percent = Field(
+        0.5,
+        description="Burn-rate coupling: the share of the limit left to the priority being tightened while a"
+        " critical route of this upstream burns its error budget fast.",
+    )
+    tighten_hold: Duration = Field(
+        30.0, description="Burn-rate coupling: how long a tightening level holds before the next step."
+    )
+    retry_after: Annotated[int, Field(ge=1, le=3600)] = Field(
+        1, description="Seconds, in the `Retry-After` of a shed answer."
+    )
+
+    @model_validator(mode="after")
+    def _coherent(self) -> Concurrency:
+        if self.min > self.max:
+            raise ValueError(f"min ({self.min}) cannot exceed max ({self.max})")
+        if self.shadow and not self.adaptive:
+            raise ValueError("shadow: true needs adaptive: true (there is nothing to shadow)")
+        if not 0.001 <= self.window <= 60.0:
+            raise ValueError("window must be between 1ms and 60s")
+        if not 0.0 <= self.queue_timeout <= 60.0:
+            raise ValueError("queue_timeout must be between 0s and 60s")
+        if not 0.0 < self.tighten_share < 1.0:
+            raise ValueError("tighten_share must be above 0% and below 100%")
+        return self
 
 
 class Upstream(Strict):
@@ -658,6 +719,11 @@ class Upstream(Strict):
         0.2,
         description="Retries may not exceed this share of the upstream's requests over the last 10 s (with a"
         " floor of 3 retries per second).",
+    )
+    concurrency: Concurrency = Field(
+        Concurrency(),
+        description="Adaptive concurrency: a learned limit on requests in flight, a short queue and shedding"
+        " by route `priority` (docs/overload.md). Off unless `adaptive: true`.",
     )
 
     @field_validator("url", mode="before")

@@ -38,6 +38,11 @@ def latency_buckets(policy: Policy) -> tuple[float, ...]:
     return tuple(sorted({round(b, 9) for b in (*base, *policy.slo_thresholds())}))
 
 
+def _slower(index: int) -> Callable[[Totals], int]:
+    """The count of requests slower than the route's index-th latency target."""
+    return lambda totals: totals.slower_than(index)
+
+
 def _ms(seconds: float | None) -> float | None:
     return None if seconds is None else round(seconds * 1000.0, 3)
 
@@ -252,6 +257,34 @@ class SloRecorder:
             "burn_rate": burn,
             "error_budget_remaining": None if budget_burn is None else _round(1.0 - budget_burn, 4),
         }
+
+    def burning(
+        self, name: str, factor: float, long_window: float, short_window: float, min_requests: int = 10
+    ) -> list[str]:
+        """The objectives of route `name` whose burn rate is above `factor` over both windows (seconds): the
+        multi-window rule of the generated ErrorBudgetBurn alerts, applied to every objective of the route
+        (error rate and latency targets). A window with fewer than `min_requests` requests never fires."""
+        route = self.routes.get(name)
+        slo = route.slo if route is not None else None
+        if route is None or slo is None:
+            return []
+        slot = self._slot()
+        series = list(route.series.values())
+        windows = (merged_totals(series, slot, long_window), merged_totals(series, slot, short_window))
+        if any(t.total < min_requests for t in windows):
+            return []
+        objectives: list[tuple[str, Callable[[Totals], int], float]] = []
+        if slo.error_rate is not None:
+            objectives.append(("error_rate", self._errors, slo.error_rate))
+        for label, q in _LATENCY_OBJECTIVES:
+            threshold = getattr(slo, label)
+            if threshold is not None:
+                index = route.thresholds.index(round(threshold, 9))
+                objectives.append((f"latency_{label}", _slower(index), 1.0 - q))
+        return [
+            label for label, bad, allowed in objectives
+            if all(bad(t) / t.total > factor * allowed for t in windows)
+        ]
 
     def status(self) -> dict[str, dict[str, Any]]:
         """Every route's status (and the `unmatched` pseudo-route's), by route name."""
