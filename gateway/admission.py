@@ -3,13 +3,17 @@
 One `Admission` per upstream with `concurrency.adaptive: true`. It learns how many requests the upstream
 serves at once without queueing and keeps the requests in flight under that limit:
 
-- No-load latency: during a *probe* the limit drops to `min` until `probe_samples` requests have come back;
-  their median latency is the no-load latency. A probe runs at start and every `probe_interval` (so a slower
-  deploy is re-learned); a window faster than the no-load latency lowers it at once.
-- Gradient: every `window` seconds the mean latency of the requests that finished is compared with
-  `no_load * (1 + tolerance)`: `gradient = target / measured`, bounded to [0.5, 2]. Above 1 (no queueing) the
+- No-load latency, per route (a payment and a horoscope do not cost the same, and which of them get through
+  changes under shedding): during a *probe* the limit drops to `min` until `probe_samples` requests have
+  come back with no more than `min` in flight; each route's median is its no-load latency. A probe runs at
+  start and every `probe_interval`, so a slower or faster deploy is re-learned; a route first seen between
+  probes learns from its first answer at low concurrency.
+- Gradient: every `window` seconds the median of the finished requests' latency *ratios* (latency over their
+  route's no-load latency) is compared with `1 + tolerance`: `gradient = (1 + tolerance) / ratio`, bounded
+  to [0.5, 2]. Above 1 (no queueing) the
   limit grows by the gradient plus sqrt(limit) of headroom, but only when the window actually used half of it
-  (an idle upstream teaches nothing); below 1 it shrinks by the gradient. Always within [min, max].
+  (an idle upstream teaches nothing); below 1 it shrinks by the gradient. Each window moves the limit half
+  way to that target (one noisy window is not a trend). Always within [min, max].
 - Queue: a request over the limit waits at most `queue_timeout` in a queue of at most `queue` requests;
   a freed slot goes to the highest priority first (then the oldest). When the queue is full, an arriving
   request evicts the newest waiter of a lower priority, else it is refused: critical requests are refused
@@ -40,6 +44,8 @@ PRIORITY_NAMES = ("sheddable", "normal", "critical")
 MODES = ("normal", "tight_sheddable", "tight_normal")  # by tightening level
 REASONS = ("queue_full", "queue_timeout", "evicted", "tightened")
 _GRADIENT_MIN, _GRADIENT_MAX = 0.5, 2.0
+_SMOOTHING = 0.5  # a window moves the limit half way to where its gradient points: one noisy window is not
+_MAX_SAMPLES = 1024  # latencies kept per window (the median of the first ones is as good as of all)
 
 
 class Admission:
@@ -72,20 +78,20 @@ class Admission:
         self._waiters: tuple[deque[asyncio.Future[bool]], ...] = (deque(), deque(), deque())
         now = clock()
         self._window_end = now + self._window
-        self._sum = 0.0
-        self._n = 0
+        self._samples: list[float] = []  # this window's latency ratios
         self._peak = 0
-        self.no_load: float | None = None  # seconds
+        self.no_load: dict[str, float] = {}  # route -> seconds
         self.limit = float(self._min)
-        self.last_sample: float | None = None  # the last window's mean latency (seconds), for metrics
-        if learned is not None and learned.no_load is not None:
+        self.last_ratio: float | None = None  # the last window's median latency ratio, for the ops view
+        if learned is not None and learned.no_load:
             # Reload: the learned state of the same upstream carries over, clamped to the new bounds.
-            self.no_load = learned.no_load
+            self.no_load = dict(learned.no_load)
             self.limit = float(min(self._max, max(self._min, learned.limit)))
             self.level, self.level_since = learned.level, learned.level_since
         self._saved_limit = self.limit
-        self._probing = self.no_load is None
-        self._probe_samples: list[float] = []
+        self._probing = not self.no_load
+        self._probe_samples: dict[str, list[float]] = {}
+        self._probe_count = 0
         self._next_probe = now + spec.probe_interval
         self.caps = [0, 0, 0]  # the in-flight ceiling per priority, recomputed when the limit or level moves
         self._recompute()
@@ -113,8 +119,8 @@ class Admission:
             "mode": self.mode,
             "shadow": self.shadow,
             "probing": self._probing,
-            "no_load_ms": None if self.no_load is None else round(self.no_load * 1000, 3),
-            "last_sample_ms": None if self.last_sample is None else round(self.last_sample * 1000, 3),
+            "no_load_ms": {route: round(s * 1000, 3) for route, s in sorted(self.no_load.items())},
+            "last_ratio": None if self.last_ratio is None else round(self.last_ratio, 3),
         }
 
     # -- request path --
@@ -164,22 +170,33 @@ class Admission:
         except asyncio.CancelledError:  # the client went away while queued
             if future.done() and not future.cancelled():
                 if future.result():
-                    self.leave(None)
+                    self.leave("", None)  # the slot it was handed, unused
             else:
                 future.cancel()
                 self.queued -= 1
             raise
         return None if admitted else "evicted"
 
-    def leave(self, latency: float | None) -> None:
-        """A request admitted by `enter`/`wait` is done; `latency` is the upstream's answer time (seconds),
-        None when it says nothing about the upstream (refused early, connection failed, client gone)."""
+    def leave(self, route: str, latency: float | None) -> None:
+        """A request of `route` admitted by `enter`/`wait` is done; `latency` is the upstream's answer time
+        (seconds), None when it says nothing about the upstream (connection failed, client gone)."""
         self.inflight -= 1
         if latency is not None:
-            self._sum += latency
-            self._n += 1
+            # Only requests that ran at low concurrency teach a no-load latency: not those admitted under the
+            # previous limit and still finishing as a probe starts (shadow mode limits nothing: all count).
+            quiet = self.inflight < self._min or self.shadow
             if self._probing:
-                self._probe_samples.append(latency)
+                if quiet:
+                    self._probe_samples.setdefault(route, []).append(latency)
+                    self._probe_count += 1
+            else:
+                no_load = self.no_load.get(route)
+                if no_load is not None:
+                    samples = self._samples
+                    if len(samples) < _MAX_SAMPLES:
+                        samples.append(latency / no_load)
+                elif quiet:  # a route first seen since the last probe
+                    self.no_load[route] = latency
         now = self._clock()
         if now >= self._window_end:
             self._update(now)
@@ -255,38 +272,36 @@ class Admission:
 
     def _update(self, now: float) -> None:
         """The end of a sample window: finish a probe, start one, or move the limit by the gradient."""
-        n = self._n
+        window = self._samples
         if self._probing:
-            samples = self._probe_samples
-            if len(samples) >= self.spec.probe_samples:
-                self.no_load = median(samples)
-                samples.clear()
+            if self._probe_count >= self.spec.probe_samples:
+                for route, samples in self._probe_samples.items():
+                    self.no_load[route] = median(samples)
+                self._probe_samples.clear()
+                self._probe_count = 0
                 self._probing = False
                 self.limit = self._saved_limit
                 self._next_probe = now + self.spec.probe_interval
-        elif n:
-            measured = self._sum / n
-            self.last_sample = measured
-            no_load = self.no_load
-            assert no_load is not None
-            if measured < no_load:
-                self.no_load = no_load = measured  # faster than ever seen: that is the new floor
+        elif window:
+            ratio = median(window)  # not the mean: a pause of the process hits a few requests, not half
+            self.last_ratio = ratio
             if now >= self._next_probe:
                 self._saved_limit = self.limit
                 self._probing = True
                 self._probe_samples.clear()
+                self._probe_count = 0
             else:
-                gradient = no_load * (1.0 + self.spec.tolerance) / measured if measured > 0 else _GRADIENT_MAX
+                gradient = (1.0 + self.spec.tolerance) / ratio if ratio > 0 else _GRADIENT_MAX
                 gradient = min(_GRADIENT_MAX, max(_GRADIENT_MIN, gradient))
-                limit = self.limit
+                old = limit = self.limit
                 if gradient >= 1.0:
                     if 2 * self._peak >= limit:  # the window used the limit: room to grow is evidence
                         limit = limit * gradient + sqrt(limit)
                 else:
                     limit = limit * gradient
+                limit = old + (limit - old) * _SMOOTHING
                 self.limit = min(float(self._max), max(float(self._min), limit))
-        self._sum = 0.0
-        self._n = 0
+        window.clear()
         self._peak = self.inflight
         self._window_end = now + self._window
         self._recompute()

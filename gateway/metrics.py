@@ -235,7 +235,8 @@ class _GatewayCollector(Collector):
             labels=by_upstream,
         )
         no_load = GaugeMetricFamily("gateway_admission_no_load_latency_seconds",
-                                    "Learned no-load latency of the upstream.", labels=by_upstream)
+                                    "Learned no-load latency of each route of the upstream.",
+                                    labels=["upstream", "route"])
         shed = CounterMetricFamily("gateway_admission_shed", "Requests shed (503) by admission control.",
                                    labels=["upstream", "route", "priority", "reason"])
         would = CounterMetricFamily("gateway_admission_shadow_shed",
@@ -246,8 +247,8 @@ class _GatewayCollector(Collector):
             for family, key in gauges:
                 family.add_metric([name], snap[key])
             mode.add_metric([name], admission.level)
-            if admission.no_load is not None:
-                no_load.add_metric([name], admission.no_load)
+            for route, seconds in sorted(admission.no_load.items()):
+                no_load.add_metric([name, route], seconds)
             for (route, priority, reason), n in sorted(admission.shed.items()):
                 shed.add_metric([name, route, priority, reason], n)
             for (route, priority), n in sorted(admission.would_shed.items()):

@@ -258,7 +258,7 @@ class Pipeline:
             try:
                 return await self._capped(exchange, route)
             finally:
-                admission.leave(exchange.upstream_head)
+                admission.leave(route.name, exchange.upstream_head)
         return await self._capped(exchange, route)
 
     async def _capped(self, exchange: Exchange, route: CompiledRoute) -> web.StreamResponse:
@@ -287,9 +287,10 @@ class Pipeline:
             exchange.permit.release()  # no verdict: the upstream was never asked
         admission.count_shed(route.name, route.priority, reason)
         retry_after = admission.spec.retry_after
-        return self._refuse(exchange, 503, "shed", headers=(("Retry-After", str(retry_after)),),
-                            route=route.name, upstream=admission.upstream,
-                            priority=PRIORITY_NAMES[route.priority], reason=reason, retry_after=retry_after)
+        exchange.outcome.error = "shed"
+        return json_error(503, "shed", exchange.request_id, (("Retry-After", str(retry_after)),),
+                          route=route.name, upstream=admission.upstream,
+                          priority=PRIORITY_NAMES[route.priority], reason=reason, retry_after=retry_after)
 
     def _breaker_open(self, exchange: Exchange, breaker: Breaker) -> web.Response:
         """The fast-fail answer of an open breaker: 503, Retry-After until HALF_OPEN, the breaker named."""

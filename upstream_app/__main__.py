@@ -26,7 +26,24 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         default=default_payment_provider_url(),
         help="base URL of the payment provider (default: the gateway egress route)",
     )
-    return parser.parse_args(argv)
+    parser.add_argument(
+        "--capacity",
+        type=int,
+        default=int(os.environ["UPSTREAM_CAPACITY"]) if os.environ.get("UPSTREAM_CAPACITY") else None,
+        help="serve at most N requests at once, the rest queue (default: UPSTREAM_CAPACITY, else unlimited)",
+    )
+    parser.add_argument(
+        "--service-time",
+        type=float,
+        default=float(os.environ.get("UPSTREAM_SERVICE_TIME") or 0.0),
+        help="seconds each request holds its capacity slot (default: UPSTREAM_SERVICE_TIME, else 0)",
+    )
+    args = parser.parse_args(argv)
+    if args.capacity is not None and args.capacity < 1:
+        parser.error("--capacity must be at least 1")
+    if args.service_time < 0:
+        parser.error("--service-time must not be negative")
+    return args
 
 
 def main(argv: Sequence[str] | None = None) -> None:
@@ -34,13 +51,17 @@ def main(argv: Sequence[str] | None = None) -> None:
     args = parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
     Path(args.db).parent.mkdir(parents=True, exist_ok=True)
-    app = build_app(args.db, args.payment_provider_url)
+    app = build_app(
+        args.db, args.payment_provider_url, capacity=args.capacity, service_time=args.service_time
+    )
     logging.getLogger("upstream_app").info(
-        "upstream_app listening on http://%s:%d db=%s provider=%s",
+        "upstream_app listening on http://%s:%d db=%s provider=%s capacity=%s service_time=%gs",
         args.host,
         args.port,
         args.db,
         args.payment_provider_url,
+        args.capacity or "unlimited",
+        args.service_time,
     )
     web.run_app(app, host=args.host, port=args.port, access_log=None, print=None)
 

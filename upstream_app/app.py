@@ -6,6 +6,7 @@ Business logic only: rate limits, breakers and retries belong to the gateway sid
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import json
 import os
@@ -246,13 +247,45 @@ async def draft(request: web.Request) -> web.Response:
 # --- wiring -------------------------------------------------------------------------------------
 
 
-def build_app(db_path: str, payment_provider_url: str, *, provider_timeout: float = 10.0) -> web.Application:
+def capacity_limit(capacity: int, service_time: float) -> Any:
+    """A middleware that makes the service a machine of fixed capacity: at most ``capacity`` requests are
+    served at once, each holding its place for ``service_time`` seconds before the handler runs; the rest
+    wait their turn (first come, first served), so latency grows with the queue, as on a real overloaded
+    server. ``/healthz`` skips the line."""
+    if capacity < 1 or service_time < 0:
+        raise ValueError("capacity must be >= 1 and service_time >= 0")
+    slots = asyncio.Semaphore(capacity)
+
+    @web.middleware
+    async def middleware(request: web.Request, handler: Any) -> web.StreamResponse:
+        if request.path == "/healthz":
+            return cast(web.StreamResponse, await handler(request))
+        async with slots:
+            if service_time:
+                await asyncio.sleep(service_time)
+            return cast(web.StreamResponse, await handler(request))
+
+    return middleware
+
+
+def build_app(
+    db_path: str,
+    payment_provider_url: str,
+    *,
+    provider_timeout: float = 10.0,
+    capacity: int | None = None,
+    service_time: float = 0.0,
+) -> web.Application:
     """Create the service application backed by the SQLite file at ``db_path``.
 
     ``payment_provider_url`` is the base URL; ``/v1/intents`` is appended. ``provider_timeout`` is the
-    total per-call client timeout (seconds) for the provider.
+    total per-call client timeout (seconds) for the provider. ``capacity``: serve at most that many requests
+    at once, each taking at least ``service_time`` seconds (None: unlimited, as fast as the code runs).
     """
-    app = web.Application(middlewares=[json_errors])
+    middlewares: list[Any] = [json_errors]
+    if capacity is not None:
+        middlewares.insert(0, capacity_limit(capacity, service_time))
+    app = web.Application(middlewares=middlewares)
     app[PROVIDER_URL_KEY] = payment_provider_url.rstrip("/")
 
     async def store_ctx(app: web.Application) -> AsyncIterator[None]:

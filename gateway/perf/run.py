@@ -35,7 +35,7 @@ from gateway.perf.local import free_port, redis_command, wait_for_redis
 from gateway.perf.results import ResultsWriter, read_results
 from gateway.perf.scenarios import Scenario, load_scenarios
 from gateway.perf.targets import Target, format_targets, load_targets
-from gateway.perf.verdict import judge, render_text
+from gateway.perf.verdict import Verdict, fmt_ms, judge, render_text
 from gateway.policy.loader import parse_policy
 
 DEFAULT_PORTS = {"gateway": 8000, "upstream": 8001, "provider": 8002}
@@ -165,6 +165,7 @@ def start_stack(scenario: Scenario, run_dir: Path) -> tuple[Stack, Path, dict[st
                 str(run_dir / "upstream.sqlite3"),
                 "--payment-provider-url",
                 stack.origin("gateway") + "/egress/payments",
+                *upstream_knobs(scenario),
             ],
         )
         stack.spawn(
@@ -188,6 +189,14 @@ def start_stack(scenario: Scenario, run_dir: Path) -> tuple[Stack, Path, dict[st
         stack.stop()
         raise
     return stack, policy_path, policy
+
+
+def upstream_knobs(scenario: Scenario) -> list[str]:
+    """The demo upstream's capacity flags for the scenario (none: as fast as it runs)."""
+    knobs = scenario.upstream
+    if knobs.capacity is None:
+        return []
+    return ["--capacity", str(knobs.capacity), "--service-time", f"{knobs.service_time:g}"]
 
 
 def _create_order(stack: Stack, user: str) -> str:
@@ -418,6 +427,62 @@ def run_scenario(
         f"perf: load generator: {'vegeta (' + vegeta + ')' if vegeta else 'built-in attacker'}",
         file=sys.stderr,
     )
+    if not scenario.variants:
+        return run_once(scenario, run_dir, vegeta)
+    # One run per variant, each in its own directory and stack, then the comparison of their verdicts.
+    codes: list[int] = []
+    compared: list[tuple[str, bool, Path]] = []
+    for variant in scenario.variants:
+        print(f"perf: run {variant.name}: {variant.description or 'policy changes only'}", file=sys.stderr)
+        code = run_once(scenario.variant(variant), run_dir / variant.name, vegeta)
+        if variant.judged:
+            codes.append(code)
+        compared.append((variant.name, variant.judged, run_dir / variant.name))
+    text = render_comparison(name, [(n, judged, d, verdict_of(d)) for n, judged, d in compared])
+    (run_dir / "summary.txt").write_text(text)
+    print(text, end="")
+    print(f"written: {run_dir / 'summary.txt'}")
+    return max(codes, default=0)
+
+
+def verdict_of(run_dir: Path) -> Verdict:
+    """The verdict of a finished run, from what it left in its directory."""
+    results = run_dir / "results.json"
+    policy_path = run_dir / "policy.yaml"
+    meta = orjson.loads(meta_path(results).read_bytes())
+    return judge(read_results(results), parse_policy(policy_path.read_text(), str(policy_path)), meta)
+
+
+def render_comparison(name: str, runs: list[tuple[str, bool, Path, Verdict]]) -> str:
+    """A scenario's variants side by side (each attack's figures per run), then each run's own summary."""
+    lines = [f"scenario {name}: {len(runs)} runs compared", ""]
+    row = "{:<14} {:<16} {:>6} {:>8} {:>9} {:>9} {:>8} {:>6}  {}"
+    lines.append(row.format("attack", "run", "n", "rate/s", "p50", "p95", "errors", "503s", "codes"))
+    attacks = sorted({a.name for *_, verdict in runs for a in verdict.attacks})
+    for attack in attacks:
+        for variant, _, _, verdict in runs:
+            for report in verdict.attacks:
+                if report.name == attack:
+                    s = report.stats
+                    lines.append(row.format(
+                        attack[:14], variant[:16], s.count, f"{s.rate:.1f}", fmt_ms(s.p(0.5)),
+                        fmt_ms(s.p(0.95)), f"{s.error_rate:.2%}", s.codes[503], s.codes_text(),
+                    ))
+    lines.append("")
+    for variant, judged, run_dir, verdict in runs:
+        note = "" if judged else "  (for comparison: its misses do not fail the run)"
+        lines.append(f"{variant}: {verdict.status}{note}  [{run_dir / 'summary.txt'}]")
+    lines.append("")
+    for variant, _, run_dir, _ in runs:
+        lines.append(f"== {variant}")
+        lines.append((run_dir / "summary.txt").read_text().rstrip("\n"))
+        lines.append("")
+    return "\n".join(lines)
+
+
+def run_once(scenario: Scenario, run_dir: Path, vegeta: str | None) -> int:
+    """One stack, one attack, one verdict in `run_dir`; returns the verdict's exit code."""
+    run_dir.mkdir(parents=True, exist_ok=True)
     stack, policy_path, policy = start_stack(scenario, run_dir)
     try:
         targets = render_targets(scenario, stack)

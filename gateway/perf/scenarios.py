@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -44,6 +44,23 @@ class Expect(_Strict):
     may_fail: dict[str, FailFast] = {}  # attacks whose failures are expected (judged on failing fast)
     rate_limited: tuple[str, ...] = ()  # attacks that must get 429s (each with Retry-After), nothing else
     unaffected: tuple[str, ...] = ()  # attacks that must get no 429 at all
+    sheds: tuple[str, ...] = ()  # attacks absorbing an overload: 503s expected, nothing else; no SLO judged
+
+
+class UpstreamKnobs(_Strict):
+    """The demo upstream's capacity knob (`python -m upstream_app --capacity N --service-time S`)."""
+
+    capacity: Annotated[int, Field(ge=1, le=100_000)] | None = None
+    service_time: Duration = 0.0
+
+
+class Variant(_Strict):
+    """One of several runs of a scenario, each with its own policy changes (e.g. admission off, then on)."""
+
+    name: Name
+    description: str = ""
+    policy_overrides: dict[str, Any] = {}
+    judged: bool = True  # False: reported for comparison, its misses do not fail the run
 
 
 class ScenarioSpec(_Strict):
@@ -55,17 +72,33 @@ class ScenarioSpec(_Strict):
     attacks: Annotated[tuple[AttackPlan, ...], Field(min_length=1)]
     actions: tuple[Action, ...] = ()
     expect: Expect = Expect()
+    upstream: UpstreamKnobs = UpstreamKnobs()
+    variants: tuple[Variant, ...] = ()
 
     @model_validator(mode="after")
     def _names(self) -> ScenarioSpec:
         names = [a.name for a in self.attacks]
         if len(set(names)) != len(names):
             raise ValueError(f"attack names must be unique, got {names}")
-        named = set(self.expect.may_fail) | set(self.expect.rate_limited) | set(self.expect.unaffected)
+        named = (
+            set(self.expect.may_fail) | set(self.expect.rate_limited) | set(self.expect.unaffected)
+            | set(self.expect.sheds)
+        )
         unknown = sorted(named - set(names))
         if unknown:
             raise ValueError(f"expect names unknown attacks {unknown} (attacks: {names})")
         return self
+
+
+def merged(base: dict[str, Any], changes: dict[str, Any]) -> dict[str, Any]:
+    """`changes` over `base`, nested mappings merged key by key (neither is modified)."""
+    out = dict(base)
+    for key, value in changes.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = merged(out[key], value)
+        else:
+            out[key] = value
+    return out
 
 
 class Defaults(_Strict):
@@ -91,25 +124,29 @@ class Scenario:
     attacks: tuple[AttackPlan, ...]
     actions: tuple[Action, ...]
     expect: dict[str, Any]
+    upstream: UpstreamKnobs = UpstreamKnobs()
+    variants: tuple[Variant, ...] = ()
+    judged: bool = True
+
+    def variant(self, variant: Variant) -> Scenario:
+        """The scenario as one of its variants runs it: the variant's policy changes over the scenario's."""
+        overrides = merged(self.policy_overrides, variant.policy_overrides)
+        return replace(self, policy_overrides=overrides, variants=(), judged=variant.judged)
 
     def adjusted(self, *, duration: float | None = None, rate_scale: float = 1.0) -> Scenario:
         """A copy with another duration and/or every rate scaled (actions keep their times)."""
         attacks = tuple(a.model_copy(update={"rate": a.rate * rate_scale}) for a in self.attacks)
-        return Scenario(
-            self.name,
-            self.description,
-            duration or self.duration,
-            self.policy,
-            self.redis,
-            self.policy_overrides,
-            attacks,
-            self.actions,
-            self.expect,
-        )
+        return replace(self, duration=duration or self.duration, attacks=attacks)
 
     def describe(self) -> str:
         mix = ", ".join(f"{a.name} {a.rate:g}/s" for a in self.attacks)
-        return f"{self.duration:g}s of {mix}" + (", redis" if self.redis else "")
+        knobs = self.upstream
+        capacity = (
+            f", upstream capacity {knobs.capacity} x {knobs.service_time * 1000:g}ms"
+            if knobs.capacity is not None else ""
+        )
+        variants = f", runs: {', '.join(v.name for v in self.variants)}" if self.variants else ""
+        return f"{self.duration:g}s of {mix}" + (", redis" if self.redis else "") + capacity + variants
 
 
 class Scenarios:
@@ -137,6 +174,8 @@ class Scenarios:
             attacks=spec.attacks,
             actions=spec.actions,
             expect=spec.expect.model_dump(mode="json"),
+            upstream=spec.upstream,
+            variants=spec.variants,
         )
 
 

@@ -249,7 +249,8 @@ def judge(results: Iterable[Result], policy: Policy, meta: dict[str, Any] | None
     expect: dict[str, Any] = meta.get("expect") or {}
     may_fail: dict[str, Any] = expect.get("may_fail") or {}
     limited: list[str] = list(expect.get("rate_limited") or [])
-    exempt = set(may_fail) | set(limited)
+    sheds: list[str] = list(expect.get("sheds") or [])
+    exempt = set(may_fail) | set(limited) | set(sheds)
     match = RouteMatcher(policy)
     by_route: dict[str, Stats] = {}
     routes: dict[str, Route] = {}
@@ -332,6 +333,16 @@ def judge(results: Iterable[Result], policy: Policy, meta: dict[str, Any] | None
         if name in set(expect.get("unaffected") or []):
             report.checks.append(
                 Check(f"{name} unaffected", stats.too_many == 0, f"{stats.too_many} x 429 of {stats.count}")
+            )
+        if name in sheds:
+            shed, others = stats.codes[503], stats.errors - stats.codes[503]
+            report.checks.append(
+                Check(
+                    f"{name} absorbs the shedding",
+                    shed > 0 and others == 0,
+                    f"{shed} x 503 of {stats.count} ({shed / max(1, stats.count):.1%}), other errors {others}"
+                    + ("" if shed else ": nothing was shed, the run did not overload"),
+                )
             )
         if name in may_fail:
             fast = seconds((may_fail[name] or {}).get("fast"))

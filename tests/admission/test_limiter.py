@@ -20,7 +20,9 @@ def spec(**changes: Any) -> Concurrency:
     return Concurrency.model_validate(base)
 
 
-def served(admission: Admission, clock: ManualClock, latency: float, n: int, *, at_once: int = 1) -> None:
+def served(
+    admission: Admission, clock: ManualClock, latency: float, n: int, *, at_once: int = 1, route: str = "r"
+) -> None:
     """`n` requests of `latency` seconds, `at_once` in flight together, then the window closes."""
     done = 0
     while done < n:
@@ -28,11 +30,11 @@ def served(admission: Admission, clock: ManualClock, latency: float, n: int, *, 
         for _ in range(batch):
             assert admission.enter("r", CRITICAL)
         for _ in range(batch):
-            admission.leave(latency)
+            admission.leave(route, latency)
         done += batch
     clock.advance(1.0)
     assert admission.enter("r", CRITICAL)
-    admission.leave(None)  # the first call after the window's end recomputes the limit
+    admission.leave("r", None)  # the first call after the window's end recomputes the limit
 
 
 def learned(clock: ManualClock, **changes: Any) -> Admission:
@@ -50,7 +52,7 @@ def test_a_probe_learns_the_no_load_latency_at_the_minimum_limit() -> None:
     assert admission.probing  # two samples of the three needed
     served(admission, clock, 0.030, 1)
     assert not admission.probing
-    assert admission.no_load == 0.010  # the median, not the slow outlier
+    assert admission.no_load == {"r": 0.010}  # the median, not the slow outlier
 
 
 def test_the_limit_grows_at_no_load_latency_when_used_and_shrinks_when_latency_climbs() -> None:
@@ -63,7 +65,12 @@ def test_the_limit_grows_at_no_load_latency_when_used_and_shrinks_when_latency_c
     served(admission, clock, 0.010, 40, at_once=admission.current_limit)
     assert admission.limit > grown
     high = admission.limit
+    for _ in range(3):
+        served(admission, clock, 0.010, 40, at_once=admission.current_limit)
+    high = admission.limit
     served(admission, clock, 0.040, 40, at_once=admission.current_limit)  # 4x the no-load latency: queueing
+    assert admission.limit == high * 0.75  # half way to half the limit (the gradient's floor is 0.5)
+    served(admission, clock, 0.040, 40, at_once=admission.current_limit)
     assert admission.limit < high * 0.6
 
 
@@ -86,16 +93,49 @@ def test_the_limit_stays_within_min_and_max() -> None:
     assert admission.current_limit == 2
 
 
-def test_a_faster_window_lowers_the_no_load_latency_and_a_probe_relearns_a_slower_one() -> None:
+def test_a_probe_relearns_the_no_load_latency_periodically() -> None:
     clock = ManualClock()
     admission = learned(clock, probe_interval="10s")
-    served(admission, clock, 0.005, 5)
-    assert admission.no_load == 0.005
     clock.advance(10.0)
     served(admission, clock, 0.020, 3)  # this window ends past probe_interval: a probe starts
     assert admission.probing and admission.current_limit == 2
     served(admission, clock, 0.020, 3)
-    assert not admission.probing and admission.no_load == 0.020
+    assert not admission.probing and admission.no_load == {"r": 0.020}
+
+
+def test_latency_is_judged_against_each_routes_own_no_load_latency() -> None:
+    clock = ManualClock()
+    admission = Admission("app", spec(min=4), clock=clock)
+    for route, latency in (("fast", 0.010), ("slow", 0.100)):
+        for _ in range(2):
+            assert admission.enter(route, NORMAL)
+            admission.leave(route, latency)
+    clock.advance(1.0)
+    admission.enter("fast", NORMAL)
+    admission.leave("fast", None)
+    assert admission.no_load == {"fast": 0.010, "slow": 0.100}
+    for _ in range(5):  # only slow requests get through now (as when the fast ones are shed): no queueing
+        served(admission, clock, 0.100, 20, at_once=admission.current_limit, route="slow")
+    assert admission.current_limit > 8
+    before = admission.limit
+    served(admission, clock, 0.300, 20, at_once=admission.current_limit, route="slow")
+    assert admission.limit < before  # three times its own no-load latency: queueing
+
+
+def test_a_route_first_seen_between_probes_learns_at_low_concurrency() -> None:
+    clock = ManualClock()
+    admission = learned(clock)
+    for _ in range(4):
+        served(admission, clock, 0.010, 20, at_once=admission.current_limit)
+    assert admission.current_limit >= 5
+    for _ in range(5):
+        assert admission.enter("new", NORMAL)
+    admission.leave("new", 0.500)  # four others still in flight: says nothing of no-load
+    assert "new" not in admission.no_load
+    for _ in range(3):
+        admission.leave("new", None)
+    admission.leave("new", 0.050)  # alone: that is its no-load latency
+    assert admission.no_load["new"] == 0.050
 
 
 async def test_a_freed_slot_goes_to_the_highest_priority_waiter_first() -> None:
@@ -113,11 +153,11 @@ async def test_a_freed_slot_goes_to_the_highest_priority_waiter_first() -> None:
              (("shed", SHEDDABLE), ("normal", NORMAL), ("critical", CRITICAL))]
     await asyncio.sleep(0)  # let them queue
     assert admission.queued == 3
-    admission.leave(0.010)
+    admission.leave("r", 0.010)
     await asyncio.sleep(0)
     assert order == ["critical"]
-    admission.leave(0.010)
-    admission.leave(0.010)
+    admission.leave("r", 0.010)
+    admission.leave("r", 0.010)
     await asyncio.gather(*tasks)
     assert order == ["critical", "normal", "shed"]
     assert admission.inflight == 2 and admission.queued == 0
@@ -140,8 +180,8 @@ async def test_a_full_queue_evicts_the_newest_lower_priority_waiter_and_refuses_
     await asyncio.sleep(0)
     assert await first == "evicted"
     assert await admission.wait(NORMAL) == "queue_full"  # a critical and a normal wait: nothing lower
-    admission.leave(0.01)
-    admission.leave(0.01)
+    admission.leave("r", 0.01)
+    admission.leave("r", 0.01)
     assert await critical is None and await normal is None
 
 
@@ -152,7 +192,7 @@ async def test_a_waiter_is_refused_at_its_deadline_and_frees_its_place() -> None
     admission.enter("r", NORMAL)
     assert await admission.wait(NORMAL) == "queue_timeout"
     assert admission.queued == 0
-    admission.leave(0.01)
+    admission.leave("r", 0.01)
     assert admission.inflight == 1
 
 
@@ -166,8 +206,8 @@ async def test_a_client_gone_while_queued_leaves_no_slot_behind() -> None:
     task.cancel()
     await asyncio.gather(task, return_exceptions=True)
     assert admission.queued == 0
-    admission.leave(0.01)
-    admission.leave(0.01)
+    admission.leave("r", 0.01)
+    admission.leave("r", 0.01)
     assert admission.inflight == 0
 
 
@@ -211,11 +251,11 @@ def test_shadow_mode_admits_everything_and_counts_what_it_would_shed() -> None:
 def test_what_was_learned_carries_into_a_new_object() -> None:
     clock = ManualClock()
     old = learned(clock)
-    for _ in range(3):
+    for _ in range(6):
         served(old, clock, 0.010, 30, at_once=old.current_limit)
     assert old.current_limit > 5
     new = Admission("app", spec(queue=9), clock=clock, learned=old)
     assert not new.probing
-    assert new.current_limit == old.current_limit and new.no_load == old.no_load
+    assert new.current_limit == old.current_limit and new.no_load == old.no_load == {"r": 0.010}
     clamped = Admission("app", spec(max=4), clock=clock, learned=old)
     assert clamped.current_limit == 4
