@@ -198,8 +198,8 @@ class Admission:
                 elif quiet:  # a route first seen since the last probe
                     self.no_load[route] = latency
         now = self._clock()
-        if now >= self._window_end:
-            self._update(now)
+        if now >= self._window_end or (self._probing and self._probe_count >= self.spec.probe_samples):
+            self._update(now)  # a probe ends as soon as it has its samples: the limit is low meanwhile
         if self.queued:
             self._wake()
 

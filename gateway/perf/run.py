@@ -275,6 +275,21 @@ def breaker_states(document: Any) -> dict[str, str]:
     return found
 
 
+ADMISSION_FIELDS = ("limit", "inflight", "queued", "mode", "shed_total", "shadow_shed")
+
+
+def admission_sample(document: Any, at: float, record: dict[str, Any]) -> None:
+    """Keep each upstream's admission state (limit, in flight, queued, mode, shed so far) at time `at`."""
+    metrics = document.get("metrics") if isinstance(document, dict) else None
+    admission = metrics.get("admission") if isinstance(metrics, dict) else None
+    if isinstance(admission, dict) and admission:
+        picked = {
+            name: {k: state.get(k) for k in ADMISSION_FIELDS}
+            for name, state in admission.items() if isinstance(state, dict)
+        }
+        record.setdefault("admission", []).append((at, picked))
+
+
 async def poll_breakers(
     url: str, admin: str | None, started: float, stop: asyncio.Event, record: dict[str, Any]
 ) -> None:
@@ -288,7 +303,9 @@ async def poll_breakers(
                     url, headers=headers, timeout=aiohttp.ClientTimeout(total=2)
                 ) as answer:
                     if answer.status == 200:
-                        states = breaker_states(orjson.loads(await answer.read()))
+                        document = orjson.loads(await answer.read())
+                        admission_sample(document, round(time.monotonic() - started, 2), record)
+                        states = breaker_states(document)
                         if states:
                             record["available"] = True
                             samples.append((round(time.monotonic() - started, 2), states))
