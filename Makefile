@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-$(shell cksum pyproject.toml | cut -d' ' -f1)
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: run test lint schema docs perf bench soak docker test-tools clean
+.PHONY: run test lint schema docs perf vegeta bench soak docker test-tools clean
 
 $(STAMP): pyproject.toml
 	@test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -56,8 +56,18 @@ docs: schema
 
 # A load run judged against the SLOs (vegeta when on PATH, else the built-in attacker): make perf SCENARIO=abuse
 SCENARIO ?= steady
-perf: $(STAMP) test-tools
-	$(BIN)/python -m gateway perf run $(SCENARIO)
+perf: $(STAMP) test-tools vegeta
+	PATH="$(abspath $(BIN)):$$PATH" $(BIN)/python -m gateway perf run $(SCENARIO)
+
+# vegeta for load runs: the one on PATH, else built from source by the Go toolchain into the venv (never a
+# downloaded binary); without Go either, the built-in attacker runs the load and `make perf` says so.
+VEGETA_MODULE := github.com/tsenart/vegeta/v12@v12.13.0
+vegeta: $(STAMP)
+	@command -v vegeta >/dev/null || test -x $(BIN)/vegeta || { \
+	  if command -v go >/dev/null; then \
+	    echo "make perf: no vegeta on PATH: go install $(VEGETA_MODULE) (GOBIN=$(BIN))"; \
+	    GOBIN="$(abspath $(BIN))" go install $(VEGETA_MODULE); \
+	  else echo "make perf: neither vegeta nor go on PATH: the built-in attacker runs the load"; fi; }
 
 # The overhead benchmark (not a test): direct vs bare aiohttp proxy vs the gateway vs nginx; see perf/README.md.
 bench: $(STAMP) test-tools
