@@ -42,7 +42,6 @@ SHEDDABLE, NORMAL, CRITICAL = 0, 1, 2
 PRIORITIES = {"sheddable": SHEDDABLE, "normal": NORMAL, "critical": CRITICAL}
 PRIORITY_NAMES = ("sheddable", "normal", "critical")
 MODES = ("normal", "tight_sheddable", "tight_normal")  # by tightening level
-REASONS = ("queue_full", "queue_timeout", "evicted", "tightened")
 _GRADIENT_MIN, _GRADIENT_MAX = 0.5, 2.0
 _SMOOTHING = 0.5  # a window moves the limit half way to where its gradient points: one noisy window is not
 _MAX_SAMPLES = 1024  # latencies kept per window (the median of the first ones is as good as of all)
@@ -75,7 +74,7 @@ class Admission:
         # policy, the rest from fixed tuples: bounded labels.
         self.shed: dict[tuple[str, str, str], int] = {}
         self.would_shed: dict[tuple[str, str], int] = {}
-        self._waiters: tuple[deque[asyncio.Future[bool]], ...] = (deque(), deque(), deque())
+        self._waiters: tuple[deque[asyncio.Future[str | None]], ...] = (deque(), deque(), deque())
         now = clock()
         self._window_end = now + self._window
         self._samples: list[float] = []  # this window's latency ratios
@@ -155,27 +154,26 @@ class Admission:
             live = [f for f in waiters if not f.done()]
             waiters.clear()
             waiters.extend(live)
-        future: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
+        future: asyncio.Future[str | None] = asyncio.get_running_loop().create_future()
         waiters.append(future)
         self.queued += 1
         try:
             async with asyncio.timeout(self._queue_timeout):
-                admitted = await future
+                return await future  # None: a slot was handed over; else why it was refused
         except TimeoutError:
-            if future.done() and not future.cancelled():  # woken or evicted as the deadline fell
-                return None if future.result() else "evicted"
+            if future.done() and not future.cancelled():  # woken or refused as the deadline fell
+                return future.result()
             future.cancel()
             self.queued -= 1
             return "queue_timeout"
         except asyncio.CancelledError:  # the client went away while queued
             if future.done() and not future.cancelled():
-                if future.result():
+                if future.result() is None:
                     self.leave("", None)  # the slot it was handed, unused
             else:
                 future.cancel()
                 self.queued -= 1
             raise
-        return None if admitted else "evicted"
 
     def leave(self, route: str, latency: float | None) -> None:
         """A request of `route` admitted by `enter`/`wait` is done; `latency` is the upstream's answer time
@@ -243,7 +241,7 @@ class Admission:
                 self.inflight += 1
                 if self.inflight > self._peak:
                     self._peak = self.inflight
-                future.set_result(True)
+                future.set_result(None)
 
     def _evict_below(self, priority: int) -> bool:
         """Refuse the newest live waiter of a priority below `priority` (the lowest first)."""
@@ -254,7 +252,7 @@ class Admission:
                 if future.done():
                     continue
                 self.queued -= 1
-                future.set_result(False)
+                future.set_result("evicted")
                 return True
         return False
 
@@ -268,7 +266,7 @@ class Admission:
                 future = waiters.popleft()
                 if not future.done():
                     self.queued -= 1
-                    future.set_result(False)
+                    future.set_result("tightened")
 
     def _update(self, now: float) -> None:
         """The end of a sample window: finish a probe, start one, or move the limit by the gradient."""

@@ -233,7 +233,7 @@ async def test_tightening_refuses_the_sheddable_waiters_at_once() -> None:
     waiting = asyncio.create_task(admission.wait(SHEDDABLE))
     await asyncio.sleep(0)
     admission.set_level(2)
-    assert await waiting == "evicted"
+    assert await waiting == "tightened"
     assert admission.queued == 0
 
 
