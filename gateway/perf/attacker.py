@@ -29,6 +29,7 @@ from gateway.perf.targets import Target
 Sink = Callable[[Result], None]
 # A generator whose 99th-percentile send lag passes this did not keep the asked rate.
 MAX_LAG_P99 = 0.1
+LOG_PROGRESS_EVERY = 10.0  # seconds between progress lines when they go to a log, not a terminal
 
 
 @dataclass(frozen=True)
@@ -137,12 +138,14 @@ class Attacker:
         sink: Sink,
         *,
         progress: IO[str] | None = None,
-        progress_every: float = 1.0,
+        progress_every: float | None = None,
         clock: Callable[[], float] = time.perf_counter,
         wall_ns: Callable[[], int] = time.time_ns,
     ) -> None:
         self._sink = sink
         self._progress = progress
+        if progress_every is None:  # a line a second on a terminal (one line, redrawn); a log gets fewer
+            progress_every = 1.0 if progress is not None and progress.isatty() else LOG_PROGRESS_EVERY
         self._progress_every = progress_every
         self._clock = clock
         self._wall_ns = wall_ns

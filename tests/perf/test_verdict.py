@@ -184,5 +184,5 @@ def test_written_verdict_has_summary_and_html_with_slo_lines(tmp_path: Path) -> 
     summary = (tmp_path / "out" / "summary.txt").read_text()
     assert summary.startswith("verdict: FAIL") and "fast p95: 150.0ms > SLO 100.0ms" in summary
     page = (tmp_path / "out" / "report.html").read_text()
-    assert page.count("<svg") == 2  # one endpoint: latency over time and distribution
+    assert page.count("<svg") == 3  # one endpoint: latency over time, distribution, requests/s by status
     assert page.count("SLO p95 100.0ms</text>") == 2 and "fault on" in page
