@@ -4,6 +4,8 @@ upstream, and the tightening releases step by step once the route recovers; ever
 
 from __future__ import annotations
 
+import time
+
 from gateway.outcome import Outcome
 from tests.admission.conftest import Starter, Upstream
 from tests.admission.test_admission_e2e import policy
@@ -56,6 +58,10 @@ async def test_tightening_engages_on_a_fast_burn_and_releases_when_it_recovers(
     first = gw.of_type("admission_mode_change")[0]
     assert first["upstream"] == "app" and first["burning"] == {"payments": ["error_rate"]}
     assert gw.of_type("admission_mode_change")[-1]["burning"] == {}
+    audit = gw.gateway.audit  # the audit trail stores every event of the bus: the changes are in it
+    assert audit is not None and await audit.flush()
+    stored = [r async for page in audit.store.scan(0, time.time() + 60) for r in page]
+    assert [(r["from"], r["to"]) for r in stored if r["type"] == "admission_mode_change"] == changes
     metrics = (await (await gw.client.get("/metrics")).read()).decode()
     assert 'gateway_admission_mode_changes_total{to="tight_normal",upstream="app"} 1.0' in metrics
     assert 'gateway_admission_mode{upstream="app"} 0.0' in metrics
