@@ -45,20 +45,53 @@ class ClientResolver:
         return bool(self._trusted) and peer is not None and self._is_trusted(peer)
 
     def client_ip(self, peer: str | None, forwarded_for: str | None) -> str:
-        """The peer address; when the peer is a trusted proxy, the rightmost untrusted X-Forwarded-For hop."""
+        """The peer address; when the peer is a trusted proxy, the rightmost untrusted X-Forwarded-For hop.
+
+        A hop may carry a port (`10.9.9.9:1234`, `[2001:db8::1]:443`, as some proxies write it) or brackets
+        alone (`[2001:db8::1]`): each is read as its address, so that clients behind one proxy keep their own
+        per-IP buckets instead of all collapsing onto the proxy's address.
+        """
         peer = peer or "unknown"
         if not self._trusted or not forwarded_for or not self._is_trusted(peer):
             return peer
-        hops = [h.strip() for h in forwarded_for.split(",")]
-        for hop in reversed(hops):
+        first: str | None = None
+        for hop in reversed(forwarded_for.split(",")):
+            hop = hop.strip()
             if not hop:
                 continue
-            if not self._is_trusted(hop):
-                try:
-                    return str(ipaddress.ip_address(hop.strip("[]")))
-                except ValueError:
-                    return peer  # garbage in the header: fall back to what we know
-        return hops[0] if hops and hops[0] else peer
+            address = hop_address(hop)
+            if address is None:
+                return peer  # garbage in the header: fall back to what we know
+            if not self._is_trusted(address):
+                return address
+            first = address
+        return first or peer  # every hop is a trusted proxy: the leftmost one is the best we know
+
+
+@lru_cache(maxsize=4096)
+def hop_address(hop: str) -> str | None:
+    """The address of one X-Forwarded-For hop, in canonical form, or None when it is not an IP address.
+
+    Accepted: `1.2.3.4`, `1.2.3.4:port`, `2001:db8::1`, `[2001:db8::1]`, `[2001:db8::1]:port`.
+    """
+    host = hop
+    if hop.startswith("["):
+        end = hop.find("]")
+        if end < 0 or (end + 1 < len(hop) and not _is_port(hop[end + 1 :])):
+            return None
+        host = hop[1:end]
+    elif hop.count(":") == 1:  # IPv4 with a port (a bare IPv6 address has at least two colons)
+        host, _, port = hop.partition(":")
+        if not _is_port(":" + port):
+            return None
+    try:
+        return str(ipaddress.ip_address(host))
+    except ValueError:
+        return None
+
+
+def _is_port(suffix: str) -> bool:
+    return suffix.startswith(":") and suffix[1:].isdigit() and len(suffix) <= 6 and int(suffix[1:]) <= 65535
 
 
 def _in(address: str, networks: tuple[Network, ...]) -> bool:
