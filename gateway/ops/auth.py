@@ -7,8 +7,11 @@ A header a client sets is not authentication. Two ways in:
   is in `admin.trusted_networks`. The client is the TCP peer, or, when the peer is one of
   `identity.trusted_proxies`, the address that proxy forwarded for: a proxy on loopback must not turn every
   remote caller into a loopback one.
-Everything else is 401 (no credentials) or 403 (credentials, but not an admin). Failed attempts are limited
-per client address so tokens cannot be guessed at line rate.
+Everything else is 401 (no credentials) or 403 (credentials, but not an admin). Failed attempts are throttled
+per client address (429 with Retry-After once over the budget), but valid credentials are checked first and
+never refused by the throttle: behind a local ingress all callers share one address, and a lockout of valid
+credentials would be a denial of service anyone could cause. Guessing is defeated by the tokens' length
+(at least 16 characters; 32 random bytes recommended), not by the throttle.
 """
 
 from __future__ import annotations
@@ -136,6 +139,22 @@ class AdminAuth:
             self._failures.popitem(last=False)
         return Verdict(status, None, reason, client)
 
+    def _token_principal(self, token: str) -> str | None:
+        given = _digest(token)
+        principal = None
+        for known, name in self._tokens:  # no early exit: the time taken does not say which token matched
+            if hmac.compare_digest(given, known):
+                principal = name
+        return principal
+
+    def _admin_user(self, user_id: str) -> str | None:
+        given = _digest(user_id)
+        matched = None
+        for known, name in self._user_ids:
+            if hmac.compare_digest(given, known):
+                matched = name
+        return matched
+
     def check(
         self,
         peer: str | None,
@@ -143,33 +162,34 @@ class AdminAuth:
         user_id: str | None,
         forwarded_for: str | None = None,
     ) -> Verdict:
-        """Admit or refuse one ops request from `peer` with the given credentials."""
+        """Admit or refuse one ops request from `peer` with the given credentials.
+
+        Valid credentials are checked first and always admitted: the failure throttle refuses failures only.
+        Behind a local ingress every caller shares one address, and a lockout that also refused valid
+        credentials would let anyone lock the admins out with ten bad guesses a minute.
+        """
         client, trusted = self.client_of(peer, forwarded_for)
-        retry_after = self._retry_after(client)
-        if retry_after is not None:
-            return Verdict(429, None, "too many failed admin attempts; try again later", client, retry_after)
         if authorization:
             scheme, _, token = authorization.strip().partition(" ")
             if scheme.lower() != "bearer" or not token.strip():
-                return self._fail(client, 401, "Authorization must be 'Bearer <token>'")
-            given = _digest(token.strip())
-            principal = None
-            for known, name in self._tokens:  # no early exit: the time taken does not say which token matched
-                if hmac.compare_digest(given, known):
-                    principal = name
+                return self._refuse(client, 401, "Authorization must be 'Bearer <token>'")
+            principal = self._token_principal(token.strip())
             if principal is not None:
                 return Verdict(200, principal, "bearer token", client)
-            return self._fail(client, 403, "unknown bearer token")
+            return self._refuse(client, 403, "unknown bearer token")
         if user_id and user_id.strip():
             if not trusted:
-                return self._fail(client, 403, "X-User-Id is only accepted as admin from"
-                                  " admin.trusted_networks; use Authorization: Bearer <token>")
-            given = _digest(user_id.strip())
-            matched = None
-            for known, name in self._user_ids:
-                if hmac.compare_digest(given, known):
-                    matched = name
+                return self._refuse(client, 403, "X-User-Id is only accepted as admin from"
+                                    " admin.trusted_networks; use Authorization: Bearer <token>")
+            matched = self._admin_user(user_id.strip())
             if matched is not None:
                 return Verdict(200, f"user:{matched}", "admin user id from a trusted network", client)
-            return self._fail(client, 403, "not an admin")
-        return self._fail(client, 401, "admin credentials required (Authorization: Bearer <token>)")
+            return self._refuse(client, 403, "not an admin")
+        return self._refuse(client, 401, "admin credentials required (Authorization: Bearer <token>)")
+
+    def _refuse(self, client: str, status: int, reason: str) -> Verdict:
+        """A failed attempt: 429 while `client` is over its failure budget, else counted and refused."""
+        retry_after = self._retry_after(client)
+        if retry_after is not None:
+            return Verdict(429, None, "too many failed admin attempts; try again later", client, retry_after)
+        return self._fail(client, status, reason)
