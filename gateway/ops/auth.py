@@ -69,6 +69,28 @@ def load_tokens(admin: Admin) -> tuple[str, ...]:
     return usable
 
 
+def canonical_address(address: str) -> str:
+    """An IP address in one spelling (IPv4-mapped IPv6 as IPv4); anything else unchanged."""
+    try:
+        ip = ipaddress.ip_address(address.strip("[]"))
+    except ValueError:
+        return address
+    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
+        ip = ip.ipv4_mapped
+    return str(ip)
+
+
+def host_name(host: str) -> str:
+    """The name in a Host value, without port or brackets, lower case, without a trailing dot."""
+    host = host.strip().lower()
+    if host.startswith("["):
+        end = host.find("]")
+        return canonical_address(host[1:end]) if end > 0 else host
+    if host.count(":") == 1:
+        host = host.partition(":")[0]
+    return canonical_address(host.rstrip("."))
+
+
 def fingerprint(token: str) -> str:
     """A short, stable, non-reversible name for a token: what the audit trail records as the principal."""
     return hashlib.sha256(token.encode()).hexdigest()[:12]
@@ -83,6 +105,8 @@ class AdminAuth:
         self._tokens = tuple((_digest(t), f"token:{fingerprint(t)}") for t in load_tokens(admin))
         self._user_ids = tuple((_digest(u), u) for u in admin.user_ids)
         self._networks = admin.trusted_networks
+        self._any_host = "*" in admin.hosts
+        self._hosts = frozenset(host_name(h) for h in admin.hosts)  # built once: a set lookup per ops call
         self._proxies: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...] = ()
         self._resolver = ClientResolver(())
         self.user_header = "X-User-Id"
@@ -90,6 +114,17 @@ class AdminAuth:
             self.follow(identity)
         self._clock = clock
         self._failures: OrderedDict[str, tuple[float, int]] = OrderedDict()
+
+    def host_allowed(self, hosts: list[str], local: str | None) -> bool:
+        """Whether a request's Host names this gateway (admin.hosts, or `local`, the address the client
+        connected to). Against DNS rebinding: a browser sends the attacker's name, whatever it resolves to.
+        No Host at all (HTTP/1.0) is no browser: allowed. Two Host lines are refused."""
+        if len(hosts) > 1:
+            return False
+        if self._any_host or not hosts:
+            return True
+        name = host_name(hosts[0])
+        return name in self._hosts or (local is not None and name == canonical_address(local))
 
     def follow(self, identity: Identity) -> None:
         """Take a reloaded policy's identity section (trusted proxies, user header). The admin section itself

@@ -4,7 +4,8 @@ Every call that passes `admin_only` produces exactly one `admin_action` event wh
 action, status, and for state changes the before/after a handler records with `record_action` (a handler that
 emits its own `admin_action` instead is noticed through `watch_admin_actions` and not audited twice). Refused
 attempts (401/403) are audited as action "auth_failed"; 429s are not (they are the limiter doing its job, and
-auditing them would let a flood of guesses flood the trail).
+auditing them would let a flood of guesses flood the trail), nor are 421s for a Host outside admin.hosts
+(a rebinding page can send them at will).
 """
 
 from __future__ import annotations
@@ -132,10 +133,25 @@ def _emit(request: web.Request, **fields: Any) -> None:
         events.emit("admin_action", **fields)
 
 
+def misdirected(request: web.Request) -> web.Response | None:
+    """421 JSON when the request's Host is not one of admin.hosts (DNS rebinding), else None."""
+    sockname = request.transport.get_extra_info("sockname") if request.transport is not None else None
+    local = sockname[0] if isinstance(sockname, tuple) and sockname else None
+    hosts = request.headers.getall("Host", [])
+    if request.app[ADMIN_AUTH].host_allowed(hosts, local):
+        return None
+    shown = hosts[0][:100] if len(hosts) == 1 else f"{len(hosts)} Host lines"
+    return problem(421, "misdirected_request",
+                   f"the ops API does not answer to {shown!r}: not one of admin.hosts")
+
+
 def admin_only(handler: Handler) -> Handler:
     """Wrap an ops handler: 401/403/429 with a JSON reason unless the caller is an admin; audit the call."""
 
     async def wrapped(request: web.Request) -> web.StreamResponse:
+        refused = misdirected(request)  # before any credential is looked at
+        if refused is not None:
+            return refused
         auth = request.app[ADMIN_AUTH]
         headers = request.headers
         verdict = auth.check(request.remote, headers.get("Authorization"), headers.get(auth.user_header),

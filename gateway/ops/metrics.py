@@ -9,7 +9,7 @@ from aiohttp import web
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
 from gateway.metrics import GatewayMetrics
-from gateway.ops.http import admin_only, json_response, problem
+from gateway.ops.http import admin_only, json_response, misdirected, problem
 
 METRICS = web.AppKey("metrics", GatewayMetrics)
 
@@ -24,7 +24,11 @@ def _allowed(metrics: GatewayMetrics, peer: str | None) -> bool:
 
 
 async def prometheus(request: web.Request) -> web.StreamResponse:
-    """Prometheus text exposition; 403 JSON unless the peer is in `admin.metrics_networks`."""
+    """Prometheus text exposition; 403 JSON unless the peer is in `admin.metrics_networks`, 421 unless the
+    Host is one of `admin.hosts` or the address scraped."""
+    refused = misdirected(request)  # a rebinding page in a browser on this host must not read it
+    if refused is not None:
+        return refused
     metrics = request.app[METRICS]
     if not _allowed(metrics, request.remote):
         return problem(403, "forbidden", "/metrics is only served to admin.metrics_networks")

@@ -32,6 +32,7 @@ NAME = r"^[A-Za-z0-9_][A-Za-z0-9_.\-]{0,63}$"
 Name = Annotated[str, Field(pattern=NAME)]
 _PARAM = re.compile(r"\{([A-Za-z_][A-Za-z0-9_]*)(?::([^{}]*(?:\{[^{}]*\}[^{}]*)*))?\}")
 _HEADER_NAME = re.compile(r"^[!#$%&'*+\-.^_`|~0-9A-Za-z]+$")
+_HOST_NAME = r"^(\*|[A-Za-z0-9_](?:[A-Za-z0-9_.\-]{0,252})|\[?[0-9A-Fa-f:.]{2,45}\]?)$"  # no port
 
 
 class Strict(BaseModel):
@@ -158,10 +159,28 @@ class Admin(Strict):
         description="Peers allowed to scrape `GET /metrics` (anything else gets 403; `X-Forwarded-For` is not"
         " believed).",
     )
+    hosts: Annotated[tuple[Annotated[str, Field(pattern=_HOST_NAME)], ...], Field(min_length=1)] = Field(
+        ("localhost", "127.0.0.1", "::1"),
+        description="Host names or addresses (no port) the ops API and `/metrics` answer to, with any port;"
+        " the address the client connected to is always accepted, `*` turns the check off. Anything else"
+        " gets 421: a page whose name is rebound to 127.0.0.1 (DNS rebinding) still sends its own name.",
+    )
     listen: Annotated[str, Field(pattern=r"^[^\s:]+:\d{1,5}$")] | None = Field(
         None,
         description="A separate admin listener: not supported yet, and refused rather than ignored.",
     )
+
+    @field_validator("hosts")
+    @classmethod
+    def _hosts(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        for host in value:
+            if ":" in host:
+                try:
+                    ipaddress.IPv6Address(host.strip("[]"))
+                except ValueError:
+                    raise ValueError(f"admin.hosts takes names or addresses without a port, got {host!r}"
+                                     ) from None
+        return value
 
     @field_validator("listen")
     @classmethod
