@@ -23,14 +23,18 @@ _ANY_ESCAPE = re.compile(r"%[0-9a-fA-F]{2}")
 def normalize_path(path: str) -> str | None:
     """RFC 3986 normalisation so that `/api/%6Frders` or `/x/../api/orders` cannot dodge a route's limits.
 
-    Decodes escapes of unreserved characters only (an escaped `/` stays escaped), upper-cases the other
-    escapes, removes dot segments and merges repeated slashes. Returns None for a path that climbs above
-    the root or is not a path at all.
+    Encodes a raw backslash as `%5C`, decodes escapes of unreserved characters only (an escaped `/` stays
+    escaped), upper-cases the other escapes, removes dot segments and merges repeated slashes. Returns None
+    for a path that climbs above the root or is not a path at all.
     """
     if not path.startswith("/"):
         return None
-    if "%" not in path and "//" not in path and "/." not in path:
+    if "%" not in path and "//" not in path and "/." not in path and "\\" not in path:
         return path  # the common case: nothing to do
+    if "\\" in path:
+        # Not a URI character (RFC 3986), yet Windows servers and some frameworks read it as `/`: it becomes
+        # the escape it should have been, and the escaped_slashes setting treats it as it treats `%5C`.
+        path = path.replace("\\", "%5C")
     if "%" in path:
         path = _UNRESERVED_ESCAPE.sub(lambda m: unquote(m.group(0)), path)
         path = _ANY_ESCAPE.sub(lambda m: m.group(0).upper(), path)
