@@ -27,6 +27,7 @@ from gateway.upstream.reply import StreamedBody
 
 _HIGH_WATER = 256 * 1024  # buffered upstream body bytes before the upstream socket stops being read
 _MAX_HEAD = 64 * 1024  # response head bytes (status line + headers) before the upstream is deemed broken
+_MAX_HEADER_FIELDS = 100  # response header lines: past it, a 502 protocol (each costs a dict entry, a copy)
 _IDLE_TIMEOUT = 15.0  # seconds an idle keep-alive connection is trusted (aiohttp's keepalive_timeout)
 
 
@@ -202,6 +203,8 @@ class _Connection(asyncio.Protocol):
         self._count_head(len(status))
 
     def on_header(self, name: bytes, value: bytes) -> None:
+        if len(self._raw_headers) >= _MAX_HEADER_FIELDS:
+            raise ValueError("upstream response has too many header fields")  # -> protocol, as _count_head
         self._raw_headers.append((name, value))
         self._count_head(len(name) + len(value))
 
