@@ -146,6 +146,7 @@ def build_app(
         observers=[health.observe],
         reject_escaped_slashes=server.escaped_slashes == "reject",
         tunnels=tunnels,
+        keep_upstream_server=server.upstream_server_header == "keep",
     )
 
     async def lifecycle(_: web.Application) -> AsyncIterator[None]:

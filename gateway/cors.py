@@ -18,7 +18,7 @@ from aiohttp import hdrs, web
 
 from gateway.ops.http import add_ops_fallback, problem
 from gateway.policy.model import Cors
-from gateway.server import NOT_A_PATH, defer_continue
+from gateway.server import NOT_A_PATH, SERVER_NAME, defer_continue
 
 ProxyHandler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 CATCH_ALL = r"/{tail:[\s\S]*}"
@@ -86,7 +86,7 @@ class CorsRules:
             refused = [h for h in wanted if h not in self.headers]
             if refused:
                 return _refused(f"headers are not allowed: {', '.join(refused)}")
-        response = web.Response()
+        response = web.Response(headers={"Server": SERVER_NAME})  # no versions (aiohttp's default names them)
         response.headers[hdrs.ACCESS_CONTROL_ALLOW_ORIGIN] = origin
         if self.credentials:
             response.headers[hdrs.ACCESS_CONTROL_ALLOW_CREDENTIALS] = "true"

@@ -28,7 +28,7 @@ from gateway.proxy import HOP_BY_HOP, BodyStream, forward_headers, relay
 from gateway.retry import BreakerOpened, send_with_retries
 from gateway.routing import normalize_path
 from gateway.runtime import CompiledRoute, Runtime
-from gateway.server import GatewayRequestHandler, send_continue
+from gateway.server import SERVER_NAME, GatewayRequestHandler, send_continue
 from gateway.tunnel import HandshakeError, Tunnel, TunnelStats, answer_headers, handshake
 from gateway.upstream.client import open_upstream
 from gateway.upstream.errors import BodyTooLarge, UpstreamError, classify
@@ -55,6 +55,7 @@ def json_error(
     response.headers.extend(headers)
     response.headers["X-Request-Id"] = request_id
     response.headers["Cache-Control"] = "no-store"
+    response.headers["Server"] = SERVER_NAME
     return response
 
 
@@ -103,11 +104,13 @@ class Pipeline:
         *,
         reject_escaped_slashes: bool = True,
         tunnels: TunnelStats | None = None,
+        keep_upstream_server: bool = False,
     ) -> None:
         self._tunnels = tunnels if tunnels is not None else TunnelStats()
         self._current = current
         self._observers = observers
         self._reject_escaped_slashes = reject_escaped_slashes  # server.escaped_slashes (a restart setting)
+        self._keep_upstream_server = keep_upstream_server  # server.upstream_server_header: keep
 
     def _finish(self, exchange: Exchange) -> None:
         """The last stage: the outcome into the SLO recorder of the request's own snapshot, the observers and
@@ -150,7 +153,8 @@ class Pipeline:
         resolver = runtime.resolver
         xff = forwarded_for(headers)
         # The user header is a claim: believed only from identity.user_networks, else the IP stands in.
-        user = user_id(headers.get(runtime.user_header)) if resolver.user_trusted(peer) else None
+        claims = headers.getall(runtime.user_header, ()) if resolver.user_trusted(peer) else ()
+        user = user_id(claims[0]) if len(claims) == 1 else None
         exchange = Exchange(
             request=request,
             runtime=runtime,
@@ -162,6 +166,10 @@ class Pipeline:
         )
         outcome = exchange.outcome
         try:
+            if len(claims) > 1:
+                # Keyed on one and forwarded as two, the upstream might believe the other: refused instead.
+                return self._refuse(exchange, 400, "duplicate_user_header",
+                                    detail=f"more than one {runtime.user_header} header")
             response = await self._serve(exchange)
             outcome.status = outcome.status or response.status
             return response
@@ -319,6 +327,7 @@ class Pipeline:
                 request.headers.get("X-Forwarded-Host", request.host) if trusted_peer else request.host
             ),
             request_id=exchange.request_id,
+            method_override=route.route.allow_method_override,
         )
 
     async def _proxy(self, exchange: Exchange, route: CompiledRoute) -> web.StreamResponse:
@@ -380,6 +389,9 @@ class Pipeline:
             return self._refuse(exchange, exc.status, exc.kind, route=route.name, upstream=client.name,
                                 detail=exc.detail)
         outcome.upstream_status = upstream.status
+        if not self._keep_upstream_server or "Server" not in upstream.headers:
+            # Replaces the upstream's: relay's extra headers win over the upstream's own.
+            exchange.response_headers.append(("Server", SERVER_NAME))
         outcome.bytes_in = body.sent if isinstance(body, BodyStream) else len(body or b"")
         try:
             response, written = await relay(request, upstream, exchange.response_headers)

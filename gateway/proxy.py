@@ -39,6 +39,8 @@ def connection_tokens(headers: CIMultiDictProxy[str] | CIMultiDict[str]) -> set[
 
 
 _SET_BY_GATEWAY = frozenset({"x-forwarded-for", "x-forwarded-proto", "x-forwarded-host", "x-request-id"})
+# Headers that make a framework run another method than the one the gateway routed and limited by.
+METHOD_OVERRIDE = frozenset({"x-http-method-override", "x-http-method", "x-method-override"})
 _CLIENT_ADDRESS_CLAIMS = frozenset({"forwarded", "x-real-ip"})
 
 
@@ -64,6 +66,7 @@ def forward_headers(
     forwarded_proto: str,
     forwarded_host: str,
     request_id: str,
+    method_override: bool = False,
 ) -> CIMultiDict[str]:
     """Headers for the upstream request.
 
@@ -71,16 +74,21 @@ def forward_headers(
     Connection: that trick would let a client erase its identity. From a peer that is not a trusted proxy,
     every client claim about addresses (X-Forwarded-*, Forwarded, X-Real-IP) is dropped; `drop_user_header`
     (lower case) names a user header the gateway did not believe, removed so the upstream cannot believe it.
+    The METHOD_OVERRIDE headers are dropped unless `method_override` (routes[].allow_method_override).
     """
     nominated = connection_tokens(request.headers) - protected if "Connection" in request.headers else ()
     out: CIMultiDict[str] = CIMultiDict()
     for name, value in request.headers.items():
         lower = name.lower()
-        if "_" in lower and _managed(lower.replace("_", "-"), protected):
-            # CGI, WSGI, PHP and Rack read `X_User_Id` as `X-User-Id` (both become HTTP_X_USER_ID): an
-            # underscore spelling of a header the gateway manages would forge it past every rule below.
-            continue
+        if "_" in lower:
+            dashed = lower.replace("_", "-")
+            if _managed(dashed, protected) or (not method_override and dashed in METHOD_OVERRIDE):
+                # CGI, WSGI, PHP and Rack read `X_User_Id` as `X-User-Id` (both become HTTP_X_USER_ID): an
+                # underscore spelling of a header the gateway manages would forge it past every rule below.
+                continue
         if lower in _NOT_FORWARDED or lower in nominated or lower in _SET_BY_GATEWAY:
+            continue
+        if not method_override and lower in METHOD_OVERRIDE:
             continue
         if lower == drop_user_header:
             continue

@@ -29,6 +29,11 @@ from gateway.tls import Certificate
 
 log = get_logger("gateway.server")
 
+# The Server header of every answer the gateway writes itself: no product versions (aiohttp's default is
+# `Python/3.11 aiohttp/3.x`, a free hint for anyone matching a CVE list). Relayed answers follow
+# server.upstream_server_header.
+SERVER_NAME = "gateway"
+
 
 @dataclass(frozen=True, slots=True)
 class ConnectionLimits:
@@ -85,7 +90,8 @@ async def send_continue(request: web.BaseRequest) -> None:
 def _busy_response() -> bytes:
     body = orjson.dumps({"error": "too_many_connections", "detail": "the gateway is at its connection limit"})
     head = (
-        "HTTP/1.1 503 Service Unavailable\r\nContent-Type: application/json\r\nRetry-After: 1\r\n"
+        f"HTTP/1.1 503 Service Unavailable\r\nServer: {SERVER_NAME}\r\nContent-Type: application/json\r\n"
+        "Retry-After: 1\r\n"
         f"Cache-Control: no-store\r\nConnection: close\r\nContent-Length: {len(body)}\r\n\r\n"
     )
     return head.encode() + body
@@ -190,6 +196,7 @@ class GatewayRequestHandler(RequestHandler):
             status=status,
             body=orjson.dumps({"error": error, "detail": detail}),
             content_type="application/json",
+            headers={"Server": SERVER_NAME},
         )
         response.force_close()
         return response

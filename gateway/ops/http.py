@@ -23,7 +23,7 @@ from gateway.identity import forwarded_for
 from gateway.logs import get_logger
 from gateway.ops.auth import AdminAuth
 from gateway.runtime import Runtime
-from gateway.server import send_continue
+from gateway.server import SERVER_NAME, send_continue
 
 log = get_logger("gateway.ops")
 
@@ -61,7 +61,7 @@ def json_response(data: Any, status: int = 200, headers: dict[str, str] | None =
         status=status,
         body=_dumps(data),
         content_type="application/json",
-        headers={"Cache-Control": "no-store", **(headers or {})},
+        headers={"Cache-Control": "no-store", "Server": SERVER_NAME, **(headers or {})},
     )
 
 
@@ -76,7 +76,7 @@ def problem(status: int, error: str, detail: str | None = None, **fields: Any) -
 
 def _http_error(cls: type[web.HTTPError], error: str, detail: str, **kwargs: Any) -> web.HTTPError:
     return cls(text=_dumps({"error": error, "detail": detail}).decode(), content_type="application/json",
-               headers={"Cache-Control": "no-store"}, **kwargs)
+               headers={"Cache-Control": "no-store", "Server": SERVER_NAME}, **kwargs)
 
 
 async def read_json(request: web.Request, max_bytes: int = 1 << 20) -> Any:

@@ -10,6 +10,7 @@ from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
 from gateway.metrics import GatewayMetrics
 from gateway.ops.http import admin_only, json_response, misdirected, problem
+from gateway.server import SERVER_NAME
 
 METRICS = web.AppKey("metrics", GatewayMetrics)
 
@@ -34,7 +35,7 @@ async def prometheus(request: web.Request) -> web.StreamResponse:
         return problem(403, "forbidden", "/metrics is only served to admin.metrics_networks")
     return web.Response(
         body=metrics.exposition(),
-        headers={"Content-Type": CONTENT_TYPE_LATEST, "Cache-Control": "no-store"},
+        headers={"Content-Type": CONTENT_TYPE_LATEST, "Cache-Control": "no-store", "Server": SERVER_NAME},
     )
 
 

@@ -373,6 +373,12 @@ class Server(Strict):
         description="A second, plain-HTTP listener on the same host (e.g. a sidecar's port for a local"
         " ingress that terminates TLS itself), beside the TLS one.",
     )
+    upstream_server_header: Literal["overwrite", "keep"] = Field(
+        "overwrite",
+        description="The gateway's own answers say `Server: gateway` (never aiohttp's Python and aiohttp"
+        " versions). `overwrite`: relayed answers say it too, replacing the upstream's (Envoy's default);"
+        " `keep`: the upstream's Server is relayed when it sends one. Applies at restart.",
+    )
 
 
 # What a breaker counts as a failure: a class, or one exact status (e.g. 500, 502, 504 without 503 so that
@@ -651,6 +657,12 @@ class Route(Strict):
         "normal",
         description="Who is shed first when the upstream's adaptive concurrency (`concurrency`) is full:"
         " `sheddable`, then `normal`; `critical` last (docs/overload.md).",
+    )
+    allow_method_override: bool = Field(
+        False,
+        description="Forward `X-HTTP-Method-Override`, `X-HTTP-Method` and `X-Method-Override`. Off: they are"
+        " dropped, since frameworks (Express, Rails, Symfony) run the method they name while the gateway"
+        " routed and limited the request by its real method.",
     )
 
     @field_validator("match", mode="before")

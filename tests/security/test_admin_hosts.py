@@ -66,9 +66,9 @@ async def test_a_rebinding_host_cannot_drive_the_ops_api(
 async def test_configured_hosts_replace_the_loopback_names(
     make_gateway: GatewayFactory, upstream: TestServer
 ) -> None:
-    text = policy(str(upstream.make_url("")).rstrip("/")).replace(
-        "  trusted_networks: [127.0.0.1/32]\n", "  trusted_networks: [127.0.0.1/32]\n  hosts: [ops.internal]\n"
-    )
+    networks = "  trusted_networks: [127.0.0.1/32]\n"
+    url = str(upstream.make_url("")).rstrip("/")
+    text = policy(url).replace(networks, networks + "  hosts: [ops.internal]\n")
     gw = await make_gateway(text)
     assert (await raw_request(gw.port, get("/api/ops/breakers", "ops.internal:8000")))[0] == 200
     assert (await raw_request(gw.port, get("/api/ops/breakers", "localhost")))[0] == 421
