@@ -41,6 +41,8 @@ def connection_tokens(headers: CIMultiDictProxy[str] | CIMultiDict[str]) -> set[
 _SET_BY_GATEWAY = frozenset({"x-forwarded-for", "x-forwarded-proto", "x-forwarded-host", "x-request-id"})
 # Headers that make a framework run another method than the one the gateway routed and limited by.
 METHOD_OVERRIDE = frozenset({"x-http-method-override", "x-http-method", "x-method-override"})
+_SKIP_KEEPING_OVERRIDE = _NOT_FORWARDED | _SET_BY_GATEWAY  # one set lookup per header on the hot path
+_SKIP = _SKIP_KEEPING_OVERRIDE | METHOD_OVERRIDE
 _CLIENT_ADDRESS_CLAIMS = frozenset({"forwarded", "x-real-ip"})
 
 
@@ -77,6 +79,7 @@ def forward_headers(
     The METHOD_OVERRIDE headers are dropped unless `method_override` (routes[].allow_method_override).
     """
     nominated = connection_tokens(request.headers) - protected if "Connection" in request.headers else ()
+    skip = _SKIP_KEEPING_OVERRIDE if method_override else _SKIP
     out: CIMultiDict[str] = CIMultiDict()
     for name, value in request.headers.items():
         lower = name.lower()
@@ -86,9 +89,7 @@ def forward_headers(
                 # CGI, WSGI, PHP and Rack read `X_User_Id` as `X-User-Id` (both become HTTP_X_USER_ID): an
                 # underscore spelling of a header the gateway manages would forge it past every rule below.
                 continue
-        if lower in _NOT_FORWARDED or lower in nominated or lower in _SET_BY_GATEWAY:
-            continue
-        if not method_override and lower in METHOD_OVERRIDE:
+        if lower in skip or lower in nominated:
             continue
         if lower == drop_user_header:
             continue
