@@ -82,3 +82,24 @@ def test_a_host_with_a_port_in_the_policy_is_an_error(tmp_path) -> None:  # type
     with pytest.raises(PolicyError) as caught:
         load_policy(path)
     assert "p.yaml:3 admin.hosts" in str(caught.value) and "without a port" in str(caught.value)
+
+
+async def test_every_ops_endpoint_but_health_refuses_a_foreign_host(
+    make_gateway: GatewayFactory, upstream: TestServer
+) -> None:
+    """A guard for endpoints added later: each must go through the admin gate (or call `misdirected`)."""
+    gw = await make_gateway(policy(str(upstream.make_url("")).rstrip("/")))
+    checked = []
+    for resource in gw.app.router.resources():  # type: ignore[union-attr]
+        path = resource.canonical
+        if not (path.startswith("/api/ops/") or path == "/metrics") or "{tail}" in path:
+            continue
+        for route in resource:
+            if route.method == "HEAD":
+                continue
+            target = path.replace("{name}", "b1")
+            data = get(target, "evil.example").replace(b"GET ", route.method.encode() + b" ", 1)
+            status = (await raw_request(gw.port, data))[0]
+            assert (status != 421) if path == "/api/ops/health" else (status == 421), (route.method, path)
+            checked.append((route.method, path))
+    assert len(checked) >= 11
