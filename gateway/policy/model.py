@@ -32,7 +32,7 @@ NAME = r"^[A-Za-z0-9_][A-Za-z0-9_.\-]{0,63}$"
 Name = Annotated[str, Field(pattern=NAME)]
 _PARAM = re.compile(r"\{([A-Za-z_][A-Za-z0-9_]*)(?::([^{}]*(?:\{[^{}]*\}[^{}]*)*))?\}")
 _HEADER_NAME = re.compile(r"^[!#$%&'*+\-.^_`|~0-9A-Za-z]+$")
-_HOST_NAME = r"^(\*|[A-Za-z0-9_](?:[A-Za-z0-9_.\-]{0,252})|\[?[0-9A-Fa-f:.]{2,45}\]?)$"  # no port
+_HOST_NAME = r"^(\*|[A-Za-z0-9_][A-Za-z0-9_.\-]{0,252}|\[?[0-9A-Fa-f:.]{2,45}\]?)$"  # no port
 
 
 class Strict(BaseModel):
