@@ -108,7 +108,7 @@ async def test_100_continue_only_after_the_request_is_admitted(
     line = await first_answer(gw.port, b"POST /once HTTP/1.1\r\nHost: x\r\nContent-Length: 2\r\n" + expect)
     assert line.startswith(b"HTTP/1.1 429"), line
     # The ops API decides on credentials before it asks for the body.
-    ops = b"POST /api/ops/reload HTTP/1.1\r\nHost: x\r\nContent-Length: 2\r\n"
+    ops = b"POST /api/ops/reload HTTP/1.1\r\nHost: localhost\r\nContent-Length: 2\r\n"  # one of admin.hosts
     line = await first_answer(gw.port, ops + expect)
     assert line.startswith(b"HTTP/1.1 401") or line.startswith(b"HTTP/1.1 403"), line
     # Admitted: 100 Continue, then the body goes through and the upstream answers.
