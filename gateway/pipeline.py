@@ -445,6 +445,8 @@ class Pipeline:
             permit.record_outcome(shake.status, None, _clock() - sent_at)
         answer = answer_headers(shake.headers, _TUNNEL_SKIP)
         answer.extend(exchange.response_headers)
+        if not self._keep_upstream_server or "Server" not in answer:
+            answer["Server"] = SERVER_NAME  # server.upstream_server_header, as for relayed answers
         if shake.status != 101:  # refused upstream: relayed as an ordinary answer
             return web.Response(status=shake.status, reason=shake.reason, headers=answer, body=shake.body)
         answer["Connection"] = "Upgrade"

@@ -75,7 +75,8 @@ async def defer_continue(request: web.Request) -> web.StreamResponse | None:
     if request.headers.get("Expect", "").lower() == "100-continue":
         return None  # `send_continue` answers it once the request is admitted
     body = orjson.dumps({"error": "expectation_failed", "detail": "only Expect: 100-continue is supported"})
-    return web.Response(status=417, body=body, content_type="application/json")
+    return web.Response(status=417, body=body, content_type="application/json",
+                        headers={"Server": SERVER_NAME})
 
 
 async def send_continue(request: web.BaseRequest) -> None:

@@ -9,6 +9,7 @@ from collections.abc import AsyncIterator
 
 import aiohttp
 import pytest
+from aiohttp import web
 from aiohttp.test_utils import TestServer
 
 from gateway.routing import normalize_path
@@ -127,6 +128,7 @@ async def test_the_gateways_own_answers_name_no_versions(gw) -> None:  # type: i
         "health": request("/api/ops/health"),
         "metrics": request("/metrics"),
         "parser error": b"GET /echo HTTP/1.1\r\nHost: x\r\nBad Header\r\n\r\n",
+        "expectation failed": request("/echo", "Expect: something-else", "Content-Length: 2"),
         "relayed": request("/echo"),  # the recording upstream is aiohttp: it names its versions
     }
     for what, data in answers.items():
@@ -195,3 +197,37 @@ async def test_a_cors_preflight_answered_by_the_gateway_names_no_versions(
     status, headers, _ = await raw_request(gw.port, preflight)
     assert status == 200 and headers["access-control-allow-origin"] == "https://app.example"
     assert headers["server"] == "gateway"
+
+
+async def test_websocket_handshake_answers_name_no_versions(make_gateway: GatewayFactory) -> None:
+    async def ws(request: web.Request) -> web.StreamResponse:
+        socket = web.WebSocketResponse()
+        await socket.prepare(request)
+        await socket.close()
+        return socket
+
+    async def no(request: web.Request) -> web.Response:
+        return web.json_response({}, status=403)
+
+    app = web.Application()
+    app.router.add_get("/ws", ws)
+    app.router.add_get("/no", no)
+    server = TestServer(app)
+    await server.start_server()
+    try:
+        gw = await make_gateway(
+            'version: 1\nupstreams: {{app: {{url: "{url}"}}}}\nroutes:\n'
+            '  - {{name: ws, match: "GET /{{p:.*}}", upstream: app, upgrade: [websocket]}}\n',
+            url=str(server.make_url("")).rstrip("/"),
+        )
+        for path, expected in (("/ws", b"101"), ("/no", b"403")):
+            reader, writer = await asyncio.open_connection("127.0.0.1", gw.port)
+            writer.write(f"GET {path} HTTP/1.1\r\nHost: x\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n"
+                         "Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n"
+                         "\r\n".encode())
+            head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 5)
+            writer.close()
+            assert head.split(b" ")[1] == expected, head
+            assert b"\r\nServer: gateway\r\n" in head, head
+    finally:
+        await server.close()
