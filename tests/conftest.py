@@ -34,6 +34,13 @@ class GatewayTestServer(TestServer):
 GatewayFactory = Callable[..., Awaitable[TestClient[web.Request, web.Application]]]
 
 
+def open_connections(client: TestClient[web.Request, web.Application]) -> int:
+    """How many client connections the running gateway holds (what `server.max_connections` counts)."""
+    runner = client.server.runner
+    assert runner is not None and runner.server is not None
+    return len(runner.server.connections)
+
+
 @pytest.fixture(scope="session")
 def redis_url() -> Iterator[str]:
     """A real Redis for the session: REDIS_URL, or a redis-server started on a free port."""
