@@ -31,10 +31,11 @@ class GatewayTestServer(TestServer):
         return GatewayRunner(self.app, limits=self._limits, **kwargs)
 
 
-GatewayFactory = Callable[..., Awaitable[TestClient[web.Request, web.Application]]]
+Client = TestClient[web.Request, web.Application]
+GatewayFactory = Callable[..., Awaitable[Client]]
 
 
-def open_connections(client: TestClient[web.Request, web.Application]) -> int:
+def open_connections(client: Client) -> int:
     """How many client connections the running gateway holds (what `server.max_connections` counts)."""
     runner = client.server.runner
     assert runner is not None and runner.server is not None
