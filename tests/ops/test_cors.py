@@ -141,3 +141,20 @@ def test_credentials_with_any_origin_is_refused_at_load(tmp_path: Path) -> None:
     with pytest.raises(PolicyError) as err:
         load_policy(path)
     assert any("cors" in str(p) and "credentials" in str(p) for p in err.value.problems)
+
+
+@pytest.mark.parametrize(
+    ("setting", "exposed"),
+    [
+        ("", {"X-Request-Id", "RateLimit", "RateLimit-Policy", "Retry-After"}),  # the default
+        ("  expose_headers: [X-Trace-Id, X-Cost]\n", {"X-Trace-Id", "X-Cost"}),
+    ],
+)
+async def test_a_cors_answer_exposes_the_policys_expose_headers(
+    make_gateway: GatewayFactory, upstream: TestServer, setting: str, exposed: set[str]
+) -> None:
+    gw = await make_gateway(policy(str(upstream.make_url("")).rstrip("/"), extra=CORS + setting))
+    resp = await gw.get("/api/things", headers={"Origin": ORIGIN})
+    assert resp.status == 200 and resp.headers["Access-Control-Allow-Origin"] == ORIGIN
+    listed = {name.strip() for name in resp.headers["Access-Control-Expose-Headers"].split(",")}
+    assert listed == exposed
