@@ -91,8 +91,7 @@ async def test_an_open_breaker_is_never_retried_into(
     start_gateway: GatewayStarter, provider: Provider
 ) -> None:
     gw = await started(start_gateway, provider, breaker=True, failure_ratio=1.0)
-    for _ in range(3):
-        assert await list_intents(gw) == 503
+    assert [await list_intents(gw) for _ in range(3)] == [503] * 3
     assert gw.breaker("payment_provider").state == "open"
     calls = provider.calls
     gw.clock.advance(60)  # HALF_OPEN: the one probe fails and is not retried
@@ -105,8 +104,7 @@ async def test_the_retry_budget_caps_retries_when_everything_fails(
 ) -> None:
     # No breaker: only the budget.
     gw = await started(start_gateway, provider, breaker=False, failure_ratio=1.0)
-    for _ in range(200):
-        assert await list_intents(gw) == 503
+    assert [await list_intents(gw) for _ in range(200)] == [503] * 200
     # Without a budget: 600 calls. With 20% of 200 requests: 40 retries (the clock does not move).
     assert provider.calls == 240
     stats = gw.client.app[GATEWAY].current().retry_budgets["payment_provider"].stats()
