@@ -12,7 +12,7 @@ from aiohttp.test_utils import TestServer
 
 from tests.conftest import Client, GatewayFactory
 from tests.support.raw import raw_request, read_response
-from tests.support.upstream import RECORDER
+from tests.support.upstream import RECORDER, base_url
 
 MAX_FIELD_SIZE = 2048  # the defaults (8190 bytes, 128 headers, 75 s) would let every request here through
 MAX_HEADERS = 20
@@ -26,7 +26,7 @@ routes: [{{name: d, match: "* /{{p:.*}}", upstream: app}}]
 
 @pytest.fixture
 async def gw(make_gateway: GatewayFactory, upstream: TestServer) -> Client:
-    url = str(upstream.make_url("")).rstrip("/")
+    url = base_url(upstream)
     return await make_gateway(POLICY, url=url, field=MAX_FIELD_SIZE, count=MAX_HEADERS)
 
 

@@ -8,6 +8,7 @@ import pytest
 from aiohttp.test_utils import TestServer
 
 from tests.conftest import Client, GatewayFactory
+from tests.support.upstream import base_url
 
 CLIENT_HOST = "shop.example.com"
 
@@ -19,7 +20,7 @@ async def gw(make_gateway: GatewayFactory, upstream: TestServer) -> Client:
         'version: 1\nupstreams:\n  kept: {{url: "{url}", preserve_host: true}}\n  plain: {{url: "{url}"}}\n'
         'routes:\n  - {{name: kept, match: "* /kept/{{p:.*}}", upstream: kept, strip_prefix: /kept}}\n'
         '  - {{name: plain, match: "* /plain/{{p:.*}}", upstream: plain, strip_prefix: /plain}}\n',
-        url=str(upstream.make_url("")).rstrip("/"),
+        url=base_url(upstream),
     )
 
 

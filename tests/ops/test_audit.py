@@ -21,6 +21,7 @@ from tests.conftest import GatewayFactory
 from tests.ops.conftest import ADMIN, audit_of, policy
 from tests.support.clock import ManualClock
 from tests.support.redis import RedisProcess
+from tests.support.upstream import base_url
 
 
 def event(i: int, at: float, type: str = "rate_limit_hit") -> Event:
@@ -169,7 +170,7 @@ async def test_audit_events_survive_a_gateway_restart(  # type: ignore[no-untype
 ) -> None:
     for backend in ("file", "redis"):
         text = policy(
-            str(upstream.make_url("")).rstrip("/"),
+            base_url(upstream),
             redis_url=redis_url if backend == "redis" else "",
             prefix=f"t{uuid.uuid4().hex[:12]}",
         )
@@ -204,7 +205,7 @@ async def test_audit_events_survive_a_gateway_restart(  # type: ignore[no-untype
 async def test_queue_full_drops_are_counted_and_requests_are_unaffected(  # type: ignore[no-untyped-def]
     make_gateway: GatewayFactory, upstream: TestServer
 ) -> None:
-    gw = await make_gateway(policy(str(upstream.make_url("")).rstrip("/"), queue_size=10))
+    gw = await make_gateway(policy(base_url(upstream), queue_size=10))
     trail = audit_of(gw)
     bus = gw.app[GATEWAY].events
     for i in range(200):
@@ -219,7 +220,7 @@ async def test_queue_full_drops_are_counted_and_requests_are_unaffected(  # type
 async def test_a_frozen_redis_does_not_slow_requests_and_loses_nothing_once_back(  # type: ignore[no-untyped-def]
     make_gateway: GatewayFactory, upstream: TestServer, private_redis: RedisProcess
 ) -> None:
-    gw = await make_gateway(policy(str(upstream.make_url("")).rstrip("/"), redis_url=private_redis.url))
+    gw = await make_gateway(policy(base_url(upstream), redis_url=private_redis.url))
     trail = audit_of(gw)
     bus = gw.app[GATEWAY].events
     private_redis.freeze()

@@ -28,6 +28,7 @@ from tests.ops.conftest import (
     policy,
 )
 from tests.support.clock import ManualClock
+from tests.support.upstream import base_url
 
 
 def auth(clock: ManualClock | None = None, proxies: tuple[str, ...] = ()) -> AdminAuth:
@@ -103,7 +104,7 @@ def test_failed_attempts_are_limited_per_client_then_forgiven() -> None:
 
 @pytest.fixture
 async def gw(make_gateway: GatewayFactory, upstream: TestServer):  # type: ignore[no-untyped-def]
-    return await make_gateway(policy(str(upstream.make_url("")).rstrip("/"), extra="breakers:\n  b1: {}\n"))
+    return await make_gateway(policy(base_url(upstream), extra="breakers:\n  b1: {}\n"))
 
 
 async def export_breakers(

@@ -18,6 +18,7 @@ from gateway.audit import iso
 from gateway.events import Event
 from tests.conftest import GatewayFactory
 from tests.ops.conftest import ADMIN, Client, audit_of, policy
+from tests.support.upstream import base_url
 
 BASE = time.time() - 3600  # an hour ago: the events below are spread over the following 100 s
 
@@ -63,7 +64,7 @@ async def gw(
 ) -> Client:
     """A gateway on each audit backend, holding the sample events."""
     text = policy(
-        str(upstream.make_url("")).rstrip("/"),
+        base_url(upstream),
         redis_url=redis_url if request.param == "redis" else "",
         prefix=f"x{uuid.uuid4().hex[:12]}",
     )
@@ -201,7 +202,7 @@ async def test_invalid_json_is_400(gw: Client) -> None:
 async def test_a_large_range_is_streamed_without_being_held_in_memory(
     make_gateway: GatewayFactory, upstream: TestServer
 ) -> None:
-    gw = await make_gateway(policy(str(upstream.make_url("")).rstrip("/")))
+    gw = await make_gateway(policy(base_url(upstream)))
     store = audit_of(gw).store
     n = 50_000
     for chunk in range(0, n, 5000):

@@ -10,6 +10,7 @@ from openapi_spec_validator import validate
 
 from tests.conftest import GatewayFactory
 from tests.ops.conftest import policy
+from tests.support.upstream import base_url
 
 SPEC = Path(__file__).resolve().parents[2] / "config" / "ops-openapi.yaml"
 
@@ -23,7 +24,7 @@ def test_the_document_is_valid_openapi_3_1() -> None:
 async def test_every_registered_ops_route_is_documented_and_nothing_else(
     make_gateway: GatewayFactory, upstream: TestServer
 ) -> None:
-    gw = await make_gateway(policy(str(upstream.make_url("")).rstrip("/")))
+    gw = await make_gateway(policy(base_url(upstream)))
     registered = set()
     for route in gw.app.router.routes():
         path = route.resource.canonical if route.resource is not None else ""

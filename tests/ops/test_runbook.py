@@ -16,6 +16,7 @@ from aiohttp.test_utils import TestServer
 from gateway.audit import iso
 from tests.conftest import GatewayFactory
 from tests.ops.conftest import Client
+from tests.support.upstream import base_url
 from upstream_app.app import build_app as build_demo
 from upstream_app.provider import Faults, build_provider_app
 
@@ -36,7 +37,7 @@ async def services(tmp_path: Path) -> AsyncIterator[tuple[str, str]]:
     await provider.start_server()
     demo = TestServer(build_demo(str(tmp_path / "demo.sqlite3"), str(provider.make_url("/"))))
     await demo.start_server()
-    yield str(demo.make_url("")).rstrip("/"), str(provider.make_url("")).rstrip("/")
+    yield base_url(demo), base_url(provider)
     await demo.close()
     await provider.close()
 

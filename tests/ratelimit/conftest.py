@@ -23,6 +23,7 @@ from gateway.ratelimit.limiter import Limiter
 from tests.conftest import GatewayFactory
 from tests.support.clock import ManualClock
 from tests.support.redis import RedisProcess
+from tests.support.upstream import base_url
 
 Client = TestClient[web.Request, web.Application]
 
@@ -78,7 +79,7 @@ def policy_fields(upstream: TestServer, redis: str = "", *, cluster: bool = Fals
         "cluster": "true" if cluster else "false",
         "prefix": prefix or f"t{os.urandom(4).hex()}",
         "trusted": trusted,
-        "url": str(upstream.make_url("")).rstrip("/"),
+        "url": base_url(upstream),
     }
 
 

@@ -9,6 +9,7 @@ import pytest
 from aiohttp.test_utils import TestServer
 
 from tests.ratelimit.conftest import Client, ClockedFactory
+from tests.support.upstream import base_url
 
 POLICY = """
 version: 1
@@ -39,7 +40,7 @@ async def test_past_local_max_keys_the_least_recently_used_bucket_is_forgotten(
     clocked_gateway: ClockedFactory, upstream: TestServer, cap: int, forgotten: bool
 ) -> None:
     # The clock the buckets read never moves: no token comes back with time, only by forgetting.
-    gw, _ = await clocked_gateway(POLICY, cap=cap, url=str(upstream.make_url("")).rstrip("/"))
+    gw, _ = await clocked_gateway(POLICY, cap=cap, url=base_url(upstream))
     assert await remaining(gw, "first") == 1
     for i in range(OTHERS):
         assert await remaining(gw, f"user{i}") == 1

@@ -11,7 +11,7 @@ from aiohttp.test_utils import TestClient, TestServer
 
 from tests.conftest import GatewayFactory, open_connections
 from tests.support.raw import raw_request
-from tests.support.upstream import RECORDER
+from tests.support.upstream import RECORDER, base_url
 from tests.support.wait import until
 
 POLICY = """
@@ -67,7 +67,7 @@ HOSTILE = {
 @pytest.fixture
 async def gw(make_gateway: GatewayFactory, upstream: TestServer) -> TestClient:  # type: ignore[type-arg]
     return await make_gateway(
-        POLICY, url=str(upstream.make_url("")).rstrip("/"), header_timeout="500ms", max_connections=50
+        POLICY, url=base_url(upstream), header_timeout="500ms", max_connections=50
     )
 
 
@@ -158,7 +158,7 @@ async def test_stalled_uploads_are_the_clients_fault_and_never_open_the_breaker(
         'version: 1\nupstreams: {{app: {{url: "{url}", timeout: 300ms, breaker: app}}}}\n'
         "breakers: {{app: {{consecutive_failures: 2, reset_timeout: 60s}}}}\n"
         'routes: [{{name: d, match: "* /{{p:.*}}", upstream: app}}]\n',
-        url=str(upstream.make_url("")).rstrip("/"),
+        url=base_url(upstream),
     )
     stalled = b"POST /echo HTTP/1.1\r\nHost: x\r\nContent-Length: 10\r\n\r\nab"  # 8 bytes short, forever
     answers = await asyncio.gather(*(raw_request(gw.port, stalled) for _ in range(3)))
