@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import os
 from collections import Counter
 from typing import Any
@@ -17,6 +16,7 @@ from gateway.policy.loader import parse_policy
 from gateway.ratelimit.limiter import Limiter, route_limits
 from tests.conftest import GatewayFactory
 from tests.ratelimit.conftest import ADMIN, POLICY, Client, policy_fields, record_events
+from tests.support.wait import until
 
 
 async def limits_of(gw: Client) -> dict[str, Any]:
@@ -27,13 +27,14 @@ async def limits_of(gw: Client) -> dict[str, Any]:
 
 
 async def until_rate(gw: Client, name: str, rate: int, source: str) -> None:
-    """Wait (bounded) for a replica's background refresh to show a rate set through another replica."""
-    for _ in range(100):
+    """Wait (bounded) for a replica's background refresh to show a rate set through another replica (it polls
+    every override_refresh, 100 ms, on its own)."""
+
+    async def shown() -> bool:
         limit = (await limits_of(gw))[name]
-        if (limit["rate"], limit["source"]) == (rate, source):
-            return
-        await asyncio.sleep(0.05)  # the other replica polls every override_refresh (100ms) on its own
-    raise AssertionError(f"{name} never showed rate {rate} ({source})")
+        return bool((limit["rate"], limit["source"]) == (rate, source))
+
+    await until(shown, every=0.05, what=f"{name} shows rate {rate} ({source})")
 
 
 async def admitted(gw: Client, user: str, n: int) -> int:
@@ -192,10 +193,10 @@ async def test_a_removed_limits_override_is_removed_from_redis_too(redis_url: st
         assert await client.hgetall(f"{prefix}:rl:overrides") == {"spare": "4", "keep": "60"}
         second = Limiter(parse_policy(storage + policy_text(with_limit=False)), first, events=events)
         await first.close()
-        for _ in range(100):  # pruned by a background task of the new limiter
-            if await client.hgetall(f"{prefix}:rl:overrides") == {"keep": "60"}:
-                break
-            await asyncio.sleep(0.01)
+        async def pruned() -> bool:  # by a background task of the new limiter
+            return bool(await client.hgetall(f"{prefix}:rl:overrides") == {"keep": "60"})
+
+        await until(pruned, what="the removed limit's override is pruned")
         assert await client.hgetall(f"{prefix}:rl:overrides") == {"keep": "60"}
         await second.close()
     finally:
