@@ -14,8 +14,10 @@ from aiohttp import WSMsgType, web
 from aiohttp.test_utils import TestServer
 
 from gateway.app import GATEWAY
-from tests.conftest import GatewayFactory
+from tests.conftest import Client, GatewayFactory
 from tests.support.process import start_gateway
+from tests.support.upstream import base_url, serving
+from tests.support.wait import until
 
 POLICY = """
 version: 1
@@ -68,10 +70,8 @@ async def ws_upstream() -> AsyncIterator[TestServer]:
     app.router.add_get("/limited", echo)
     app.router.add_get("/flood", flood)
     app.router.add_get("/refused", refused)
-    server = TestServer(app)
-    await server.start_server()
-    yield server
-    await server.close()
+    async with serving(app) as server:
+        yield server
 
 
 async def gateway(make_gateway: GatewayFactory, upstream: TestServer, idle: str = "5s",
@@ -79,10 +79,13 @@ async def gateway(make_gateway: GatewayFactory, upstream: TestServer, idle: str 
     return await make_gateway(POLICY, url=str(upstream.make_url("")).rstrip("/"), idle=idle, longest=longest)
 
 
-async def test_messages_both_ways_ping_pong_and_close_codes(
-    make_gateway: GatewayFactory, ws_upstream: TestServer
-) -> None:
-    gw = await gateway(make_gateway, ws_upstream)
+@pytest.fixture
+async def gw(make_gateway: GatewayFactory, ws_upstream: TestServer) -> Client:
+    """The gateway with the default tunnel timeouts."""
+    return await gateway(make_gateway, ws_upstream)
+
+
+async def test_messages_both_ways_ping_pong_and_close_codes(gw: Client) -> None:
     async with aiohttp.ClientSession() as session:
         async with session.ws_connect(gw.make_url("/ws"), protocols=("chat",), autoping=False) as ws:
             assert ws.protocol == "chat"  # the subprotocol the upstream chose
@@ -105,10 +108,7 @@ async def test_messages_both_ways_ping_pong_and_close_codes(
         x for x in metrics.splitlines() if 'route="ws"' in x and "bucket" not in x)
 
 
-async def test_a_route_without_upgrade_refuses_the_handshake(
-    make_gateway: GatewayFactory, ws_upstream: TestServer
-) -> None:
-    gw = await gateway(make_gateway, ws_upstream)
+async def test_a_route_without_upgrade_refuses_the_handshake(gw: Client) -> None:
     response = await gw.get("/ws-elsewhere", headers={"Connection": "Upgrade", "Upgrade": "websocket",
                                                       "Sec-WebSocket-Key": "dGhlIHNhbXBsZSBub25jZQ==",
                                                       "Sec-WebSocket-Version": "13"})
@@ -116,20 +116,14 @@ async def test_a_route_without_upgrade_refuses_the_handshake(
     assert response.status == 400 and body["error"] == "upgrade_not_allowed"
 
 
-async def test_an_upstream_that_refuses_the_handshake_is_relayed(
-    make_gateway: GatewayFactory, ws_upstream: TestServer
-) -> None:
-    gw = await gateway(make_gateway, ws_upstream)
+async def test_an_upstream_that_refuses_the_handshake_is_relayed(gw: Client) -> None:
     async with aiohttp.ClientSession() as session:
         with pytest.raises(aiohttp.WSServerHandshakeError) as refused:
             await session.ws_connect(gw.make_url("/refused"))
     assert refused.value.status == 403
 
 
-async def test_the_handshake_is_rate_limited_and_refused_by_an_open_breaker(
-    make_gateway: GatewayFactory, ws_upstream: TestServer
-) -> None:
-    gw = await gateway(make_gateway, ws_upstream)
+async def test_the_handshake_is_rate_limited_and_refused_by_an_open_breaker(gw: Client) -> None:
     async with aiohttp.ClientSession() as session:
         for _ in range(3):
             async with session.ws_connect(gw.make_url("/limited")) as ws:
@@ -176,19 +170,25 @@ def rss_kib() -> int:
         return next(int(line.split()[1]) for line in status if line.startswith("VmRSS:"))
 
 
-async def test_a_client_that_stops_reading_does_not_grow_the_gateways_memory(
-    make_gateway: GatewayFactory, ws_upstream: TestServer
-) -> None:
-    gw = await gateway(make_gateway, ws_upstream)
+async def test_a_client_that_stops_reading_does_not_grow_the_gateways_memory(gw: Client) -> None:
     assert resource.getpagesize() > 0
     before = rss_kib()
     async with aiohttp.ClientSession() as session:
         async with session.ws_connect(gw.make_url("/flood"), max_msg_size=0) as ws:
-            await asyncio.sleep(1.0)  # the upstream offers 64 MiB; this client reads none of it
+            # The upstream offers 64 MiB; this client reads none of it. Wait until the relay stops moving:
+            # the bytes relayed to the client stay the same over three samples 100 ms apart.
+            samples: list[list[float]] = []
+
+            async def stalled() -> bool:
+                metrics = await (await gw.get("/metrics")).text()
+                samples.append([float(x.split()[-1]) for x in metrics.splitlines()
+                                if x.startswith('gateway_tunnel_bytes_total{direction="to_client"}')])
+                moving = len(samples) < 3 or not samples[-1] or samples[-1][0] == 0
+                return not moving and samples[-1] == samples[-2] == samples[-3]
+
+            await until(stalled, within=10, every=0.1, what="the relay to a client that does not read stops")
             grown = rss_kib() - before
-            metrics = await (await gw.get("/metrics")).text()
-            relayed = [float(x.split()[-1]) for x in metrics.splitlines()
-                       if x.startswith('gateway_tunnel_bytes_total{direction="to_client"}')]
+            relayed = samples[-1]
             await ws.close()
     # Everything runs in this process (gateway, upstream, client), so the bound is loose: far below 64 MiB.
     assert grown < 24 * 1024, grown
@@ -200,7 +200,7 @@ async def test_sigterm_closes_tunnels_after_the_drain_timeout(
 ) -> None:
     policy = tmp_path / "policy.yaml"
     policy.write_text(
-        POLICY.format(url=str(ws_upstream.make_url("")).rstrip("/"), idle="1h", longest="1h").replace(
+        POLICY.format(url=base_url(ws_upstream), idle="1h", longest="1h").replace(
             "server: {", "server: {drain_timeout: 1s, "
         )
     )

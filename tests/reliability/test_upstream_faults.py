@@ -105,7 +105,7 @@ async def test_nothing_leaks_after_many_faults(gw: TestClient, proxy: FaultProxy
 
         def quiet() -> bool:
             samples.append((open_fds(), len(asyncio.all_tasks())))
-            return len(connector._acquired) == 0 and len(samples) >= 3 and len(set(samples[-3:])) == 1
+            return client.connections_in_use == 0 and len(samples) >= 3 and len(set(samples[-3:])) == 1
 
         await until(quiet, every=0.05, what="sockets and tasks stop changing after the faults")
         return samples[-1]
