@@ -149,6 +149,7 @@ def test_credentials_with_any_origin_is_refused_at_load(tmp_path: Path) -> None:
         ("", {"X-Request-Id", "RateLimit", "RateLimit-Policy", "Retry-After"}),  # the default
         ("  expose_headers: [X-Trace-Id, X-Cost]\n", {"X-Trace-Id", "X-Cost"}),
     ],
+    ids=["default", "set"],
 )
 async def test_a_cors_answer_exposes_the_policys_expose_headers(
     make_gateway: GatewayFactory, upstream: TestServer, setting: str, exposed: set[str]
