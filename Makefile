@@ -56,6 +56,7 @@ lint: $(STAMP)
 	$(BIN)/ruff check gateway upstream_app tests perf
 	$(BIN)/mypy
 	$(BIN)/lint-imports --no-cache --no-logo
+	$(BIN)/vulture
 	$(BIN)/hadolint Dockerfile
 	@# --strict: a dependency that could not be checked is a failure, not a silent "no known vulnerabilities".
 	@$(BIN)/pip-audit --strict --skip-editable --progress-spinner off || { \
