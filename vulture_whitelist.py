@@ -8,12 +8,10 @@ model_config and the asyncio/httptools protocol callbacks are excluded in pyproj
 # ruff: noqa
 _ = object()
 
-# aiohttp-cors calls these on its CorsViewMixin (gateway/cors.py ProxyView).
-_.get_request_config
-_._get_config
-_._iter  # aiohttp's web.View dispatch
 # aiohttp calls this on a web.RequestHandler subclass (gateway/server.py).
 _.handle_error
+# aiohttp feeds an upgraded connection's bytes to the parser set with set_parser (gateway/tunnel.py _ClientSide).
+_.feed_eof
 # The decorator convention (functools.wraps sets it too): inspect.signature and debuggers follow it to the
 # handler an ops wrapper wraps (gateway/ops/http.py).
 _.__wrapped__
