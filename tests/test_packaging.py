@@ -43,3 +43,27 @@ def test_refuses_to_start_without_the_c_http_parser() -> None:
                           "--port", "1"], capture_output=True, text=True, env=env, timeout=30)
     assert run.returncode == 2
     assert "C HTTP parser" in run.stderr
+
+
+def test_gateway_perf_reaches_the_load_tooling_through_its_entry_point() -> None:
+    run = subprocess.run([sys.executable, "-m", "gateway", "perf", "run", "-h"],
+                         capture_output=True, text=True, cwd=ROOT, timeout=60)
+    assert run.returncode == 0, run.stderr
+    assert run.stdout.startswith("usage: gateway perf run")
+
+
+def test_gateway_perf_without_the_perf_package_says_how_to_install_it() -> None:
+    # What the image (built from gateway/ and upstream_app/ only) does: `perf` cannot be imported there.
+    code = ("import sys\nsys.modules['perf'] = None\n"
+            "from gateway.cli import main\nsys.exit(main(sys.argv[1:]))")
+    run = subprocess.run([sys.executable, "-c", code, "perf", "run", "steady"],
+                         capture_output=True, text=True, cwd=ROOT, timeout=60)
+    assert run.returncode == 2
+    assert "the load tooling (the `perf` package) is not installed" in run.stderr
+    assert "pip install -e '.[perf]'" in run.stderr
+    assert "Traceback" not in run.stderr
+
+
+def test_the_image_builds_the_runtime_only() -> None:
+    copies = re.findall(r"^COPY (?!--from)(.+)$", dockerfile(), re.M)
+    assert copies and not any("perf" in line for line in copies)

@@ -70,7 +70,7 @@ def certs(tmp_path: Path) -> dict[str, tuple[Path, Path]]:
 async def test_tls_listener_serves_reloads_its_certificate_and_refuses_tls_1_1(
     tmp_path: Path, certs: dict[str, tuple[Path, Path]], upstream: TestServer
 ) -> None:
-    from gateway.perf.local import free_port
+    from perf.local import free_port
 
     install(tmp_path, *certs["first"])
     plain = free_port()

@@ -158,18 +158,6 @@ class Admin(Strict):
         description="Peers allowed to scrape `GET /metrics` (anything else gets 403; `X-Forwarded-For` is not"
         " believed).",
     )
-    listen: Annotated[str, Field(pattern=r"^[^\s:]+:\d{1,5}$")] | None = Field(
-        None,
-        description="A separate admin listener: not supported yet, and refused rather than ignored.",
-    )
-
-    @field_validator("listen")
-    @classmethod
-    def _listen(cls, value: str | None) -> str | None:
-        # Refused rather than ignored: whoever sets it believes the main listener no longer serves ops.
-        if value is not None:
-            raise ValueError("a separate admin listener is not supported yet; remove admin.listen")
-        return value
 
 
 class SloSettings(Strict):

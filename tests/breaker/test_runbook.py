@@ -17,7 +17,7 @@ import pytest
 from aiohttp import ClientSession
 from aiohttp.test_utils import TestServer
 
-from gateway.perf.local import free_port
+from perf.local import free_port
 from tests.breaker.conftest import GatewayStarter, Provider, Running
 from tests.support.upstream import base_url
 from upstream_app.app import build_app as build_demo_app

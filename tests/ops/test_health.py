@@ -6,7 +6,7 @@ import aiohttp
 from aiohttp.test_utils import TestServer
 
 from gateway.app import GATEWAY
-from gateway.perf.local import free_port
+from perf.local import free_port
 from tests.conftest import GatewayFactory
 from tests.ops.conftest import policy
 from tests.support.redis import RedisProcess

@@ -18,8 +18,8 @@ from aiohttp.test_utils import TestClient, TestServer
 
 from gateway.app import GATEWAY
 from gateway.events import Event
-from gateway.perf.local import free_port
 from gateway.ratelimit.limiter import Limiter
+from perf.local import free_port
 from tests.conftest import GatewayFactory
 from tests.support.clock import ManualClock
 from tests.support.redis import RedisProcess

@@ -11,7 +11,7 @@ import pytest
 from aiohttp.test_utils import TestClient, TestServer
 
 from gateway.app import GATEWAY
-from gateway.perf.local import free_port
+from perf.local import free_port
 from tests.conftest import GatewayFactory
 from tests.support.faults import FaultProxy
 from tests.support.wait import until

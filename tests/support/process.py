@@ -7,7 +7,7 @@ import os
 import sys
 from pathlib import Path
 
-from gateway.perf.local import free_port
+from perf.local import free_port
 from tests.support.wait import refuses_connections, until
 
 ROOT = str(Path(__file__).resolve().parents[2])
