@@ -42,7 +42,7 @@ rate_limits:
   by_ip:          {{rate: 2, per: 1m, key: ip}}
   by_api_key:     {{rate: 2, per: 1m, key: "header:X-Api-Key"}}
   by_route:       {{rate: 3, per: 1m, key: route}}
-  everyone:       {{rate: 100, per: 1m, key: global}}  # (a spent token comes back in 0.6 s: its key outlives a scan)
+  everyone:       {{rate: 100, per: 1m, key: global}}  # (a token back in 0.6 s: its key outlives a scan)
   dry_run:        {{rate: 2, per: 1m, key: user, shadow: true}}
   fail_local:     {{rate: 2, per: 1m, key: user, on_redis_error: local}}
   fail_allow:     {{rate: 2, per: 1m, key: user, on_redis_error: allow}}
