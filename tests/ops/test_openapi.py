@@ -1,4 +1,5 @@
-"""config/ops-openapi.yaml is valid OpenAPI 3.1 and describes every ops endpoint the gateway registers."""
+"""gateway/ops/openapi.yaml (served at /api/ops/openapi.yaml) is valid OpenAPI 3.1 and describes every ops
+endpoint the gateway registers."""
 
 from __future__ import annotations
 
@@ -11,7 +12,7 @@ from openapi_spec_validator import validate
 from tests.conftest import GatewayFactory
 from tests.ops.conftest import policy
 
-SPEC = Path(__file__).resolve().parents[2] / "config" / "ops-openapi.yaml"
+SPEC = Path(__file__).resolve().parents[2] / "gateway" / "ops" / "openapi.yaml"
 
 
 def test_the_document_is_valid_openapi_3_1() -> None:
