@@ -15,6 +15,7 @@ from pathlib import Path
 
 import pytest
 from selenium import webdriver
+from selenium.common.exceptions import NoSuchElementException, StaleElementReferenceException
 from selenium.webdriver.chrome.service import Service
 from selenium.webdriver.remote.webdriver import WebDriver
 from selenium.webdriver.support.ui import WebDriverWait
@@ -75,4 +76,16 @@ def page(browser: WebDriver, gateway: LiveGateway, request: pytest.FixtureReques
 
 
 def wait(driver: WebDriver, timeout: float = 10) -> WebDriverWait[WebDriver]:
-    return WebDriverWait(driver, timeout, poll_frequency=0.05)
+    """A wait that looks again when the page re-rendered the element under it (it refreshes every second)."""
+    return WebDriverWait(driver, timeout, poll_frequency=0.05,
+                         ignored_exceptions=(StaleElementReferenceException, NoSuchElementException))
+
+
+def click(driver: WebDriver, by: str, selector: str) -> None:
+    """Click what `selector` finds, looking it up again if a refresh replaced it meanwhile."""
+
+    def attempt(d: WebDriver) -> bool:
+        d.find_element(by, selector).click()
+        return True
+
+    wait(driver).until(attempt)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import re
+import time
 import urllib.error
 import urllib.request
 from typing import Any
@@ -11,7 +12,8 @@ from typing import Any
 from selenium.webdriver.common.by import By
 from selenium.webdriver.remote.webdriver import WebDriver
 
-from tests.console.conftest import TOKEN, wait
+from gateway.ops.auth import fingerprint
+from tests.console.conftest import TOKEN, click, wait
 from tests.support.live import LiveGateway
 
 
@@ -77,3 +79,85 @@ def test_the_shipped_routes_appear_with_their_p95(page: WebDriver, gateway: Live
     assert re.search(r"p95\s+[\d.]+ ms / target 300 ms", shown["daily_horoscopes"]), shown["daily_horoscopes"]
     assert re.search(r"p95\s+[\d.]+ ms / target 500 ms", shown["orders"])
     assert "p95\n– / target 500 ms" in shown["payment_intent"]  # no traffic yet: no number made up
+
+
+def test_opening_a_breaker_from_the_page_makes_the_next_proxied_request_503(
+    page: WebDriver, gateway: LiveGateway
+) -> None:
+    assert call(gateway, "GET", "/api/horoscopes/daily")[0] == 200
+    sign_in(page)
+    wait(page).until(lambda d: visible(d, "console"))
+    open_view(page, "breakers")
+    row = '#breakers tr[data-breaker="app"]'
+    wait(page).until(lambda d: d.find_elements(By.CSS_SELECTOR, row))
+    click(page, By.CSS_SELECTOR, f"{row} td.actions button.danger")  # Open
+    confirm(page)
+    wait(page).until(lambda d: "open (held)" in d.find_element(By.CSS_SELECTOR, row).text)
+    status, body = call(gateway, "GET", "/api/horoscopes/daily")
+    assert status == 503, body
+    status, body = call(gateway, "POST", "/api/ops/export", {
+        "entities": ["audit"], "range": {"from": "2020-01-01T00:00:00Z"},
+        "filter": {"type": "admin_action", "action": "breaker.open"}}, {"Authorization": f"Bearer {TOKEN}"})
+    audited = json.loads(body)["audit"]
+    assert [a["principal"] for a in audited] == [f"token:{fingerprint(TOKEN)}"]  # under the admin's identity
+
+
+def first_429(gateway: LiveGateway, user: str) -> int:
+    """How many POST /api/orders the user gets before the first 429."""
+    for n in range(1, 100):
+        status, _ = call(gateway, "POST", "/api/orders", {}, {"X-User-Id": user})
+        if status == 429:
+            return n - 1
+        assert status == 200
+    raise AssertionError("no 429")
+
+
+def test_an_override_edited_on_the_page_moves_the_point_where_429s_start(
+    page: WebDriver, gateway: LiveGateway
+) -> None:
+    assert first_429(gateway, "before-override") == 15  # rate_orders_per_hour: 15/h per user
+    sign_in(page)
+    wait(page).until(lambda d: visible(d, "console"))
+    open_view(page, "limits")
+    row = '#limits tr[data-limit="rate_orders_per_hour"]'
+    wait(page).until(lambda d: d.find_elements(By.CSS_SELECTOR, row))
+    field = page.find_element(By.CSS_SELECTOR, f"{row} input.rate")
+    field.clear()
+    field.send_keys("20")
+    click(page, By.XPATH, "//tr[@data-limit='rate_orders_per_hour']//button[text()='Set']")
+    confirm(page)
+    wait(page).until(lambda d: "override" in d.find_element(By.CSS_SELECTOR, row).text)
+    wait(page).until(lambda d: "20 / 1h" in d.find_element(By.CSS_SELECTOR, row).text)
+    assert first_429(gateway, "after-override") == 20
+
+
+def test_a_broken_policy_file_shows_its_file_line_error_on_the_page(
+    page: WebDriver, gateway: LiveGateway
+) -> None:
+    sign_in(page)
+    wait(page).until(lambda d: visible(d, "console"))
+    open_view(page, "policy")
+    lines = gateway.policy.read_text().splitlines()
+    line = next(i for i, text in enumerate(lines, 1) if text.startswith("  rate_orders_per_hour:"))
+    lines[line - 1] = lines[line - 1].replace("rate: 15", "rate: -15")
+    gateway.policy.write_text("\n".join(lines) + "\n")
+    page.find_element(By.ID, "reload").click()
+    expected = f"{gateway.policy}:{line} rate_limits.rate_orders_per_hour.rate: "
+    wait(page).until(lambda d: expected in d.find_element(By.ID, "policy-problems").text)
+    assert "reload rejected" in page.find_element(By.ID, "policy-result").text
+    assert call(gateway, "GET", "/api/horoscopes/daily")[0] == 200  # the running policy keeps serving
+
+
+def test_a_new_audit_event_appears_within_2_s(page: WebDriver, gateway: LiveGateway) -> None:
+    sign_in(page)
+    wait(page).until(lambda d: visible(d, "console"))
+    open_view(page, "audit")
+    wait(page).until(lambda d: "shown" in d.find_element(By.ID, "audit-count").text)
+    marker = f"marker-{time.monotonic_ns()}"
+    assert call(gateway, "GET", f"/api/ops/breakers/{marker}")[0] == 401  # audited as auth_failed
+    started = time.monotonic()
+    wait(page, timeout=2.0).until(lambda d: marker in d.find_element(By.ID, "audit").text)
+    elapsed = time.monotonic() - started
+    assert elapsed < 2.0
+    row = page.find_element(By.XPATH, f"//table[@id='audit']//tr[contains(., '{marker}')]").text
+    assert "admin_action" in row and "auth_failed" in row
