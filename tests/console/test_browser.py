@@ -6,6 +6,7 @@ import json
 import re
 import time
 import urllib.error
+import urllib.parse
 import urllib.request
 from typing import Any
 
@@ -161,3 +162,45 @@ def test_a_new_audit_event_appears_within_2_s(page: WebDriver, gateway: LiveGate
     assert elapsed < 2.0
     row = page.find_element(By.XPATH, f"//table[@id='audit']//tr[contains(., '{marker}')]").text
     assert "admin_action" in row and "auth_failed" in row
+
+
+PAYLOAD = """<img src=x onerror="window.__xss=1;document.title='pwned'"><script>window.__xss=2</script>"""
+
+
+def test_script_payloads_in_attacker_controlled_fields_are_shown_as_text(
+    page: WebDriver, gateway: LiveGateway
+) -> None:
+    hostile = {"User-Agent": PAYLOAD, "X-User-Id": PAYLOAD}
+    for _ in range(16):  # the 16th is a 429: a rate_limit_hit whose actor is the payload
+        call(gateway, "POST", "/api/orders", {}, hostile)
+    quoted = urllib.parse.quote(PAYLOAD, safe="")
+    assert call(gateway, "GET", f"/api/ops/breakers/{quoted}", headers=hostile)[0] in (401, 403)
+    sign_in(page)
+    wait(page).until(lambda d: visible(d, "console"))
+    open_view(page, "audit")
+    cells = f"//table[@id='audit']//td[contains(., {xpath_literal(PAYLOAD)})]"
+    wait(page).until(lambda d: len(d.find_elements(By.XPATH, cells)) >= 2)  # the actor and the path
+    audit = page.find_element(By.ID, "audit").text
+    assert "rate_limit_hit" in audit and f"/api/ops/breakers/{PAYLOAD}" in audit
+    open_view(page, "limits")  # top actors: the payload as an actor id
+    wait(page).until(lambda d: PAYLOAD in d.find_element(By.ID, "actors").text)
+    open_view(page, "policy")  # limit and route names in a candidate policy's problems
+    candidate = (
+        "version: 1\nupstreams:\n  a: {url: 'http://127.0.0.1:9'}\n"
+        f"rate_limits:\n  {json.dumps(PAYLOAD)}: {{rate: 1, per: 1s}}\n"
+        f"routes:\n  - {{name: {json.dumps(PAYLOAD)}, match: 'GET /x', upstream: a,"
+        f" rate_limits: [{json.dumps(PAYLOAD)}]}}\n"
+    )
+    page.find_element(By.ID, "candidate").send_keys(candidate)
+    click(page, By.ID, "validate")
+    wait(page).until(lambda d: PAYLOAD in d.find_element(By.ID, "validate-problems").text)
+    assert page.execute_script("return window.__xss") is None
+    assert page.title == "Gateway ops console"
+    assert page.find_elements(By.CSS_SELECTOR, "img") == []  # nothing was parsed as markup
+    assert page.execute_script("return document.scripts.length") == 1  # app.js only
+
+
+def xpath_literal(text: str) -> str:
+    """An XPath string literal for text holding both quote kinds."""
+    parts = text.split("'")
+    return "concat('" + "', \"'\", '".join(parts) + "')" if len(parts) > 1 else f"'{text}'"

@@ -114,3 +114,21 @@ async def test_a_candidate_policy_is_validated_with_the_checks_of_gateway_check_
         assert resp.status == 400 and (await resp.json())["error"] == "bad_request"
     after = (await (await gw.get("/api/ops/policy", headers=BEARER)).json())["version"]
     assert after == before
+
+
+async def test_the_consoles_successful_polls_are_not_audited_but_changes_and_refusals_are(
+    make_gateway: GatewayFactory, upstream: TestServer
+) -> None:
+    gw = await gateway(make_gateway, upstream)
+    poll = {**BEARER, "X-Ops-Poll": "1"}
+    for _ in range(3):
+        assert (await gw.get("/api/ops/metrics", headers=poll)).status == 200
+        export = {"entities": ["breakers"]}
+        assert (await gw.post("/api/ops/export", headers=poll, json=export)).status == 200
+    assert (await gw.get("/api/ops/breakers", headers=BEARER)).status == 200  # not a poll: audited
+    assert (await gw.post("/api/ops/breakers/app", headers=poll, json={"action": "reset"})).status == 200
+    assert (await gw.get("/api/ops/metrics", headers={"X-Ops-Poll": "1"})).status == 401
+    resp = await gw.post("/api/ops/export", headers=BEARER, json={
+        "entities": ["audit"], "range": {"from": "2020-01-01T00:00:00Z"}, "filter": {"type": "admin_action"}})
+    actions = [(r["action"], r["status"]) for r in (await resp.json())["audit"]]
+    assert actions == [("GET /api/ops/breakers", 200), ("breaker.reset", 200), ("auth_failed", 401)]

@@ -54,8 +54,10 @@
     }
   }
 
-  async function api(method, path, body, raw) {
+  // A poll is a read the refresh loop makes: the gateway does not audit successful ones (X-Ops-Poll).
+  async function api(method, path, body, raw, poll) {
     const headers = { Accept: "application/json", ...authHeaders() };
+    if (poll) headers["X-Ops-Poll"] = "1";
     const init = { method, headers, credentials: "omit", cache: "no-store", redirect: "error" };
     if (body !== undefined) {
       headers["Content-Type"] = "application/json";
@@ -221,7 +223,7 @@
   }
 
   async function refreshMetrics() {
-    const data = await api("GET", "/api/ops/metrics");
+    const data = await api("GET", "/api/ops/metrics", undefined, false, true);
     const metrics = data.metrics || {};
     const routes = metrics.routes || data.routes || {};
     const withSlo = [];
@@ -252,7 +254,7 @@
   const isoAgo = (seconds) => new Date(Date.now() - seconds * 1000).toISOString();
   async function exportAudit(filter, from, extra) {
     const body = { entities: ["audit"], range: { from }, filter, ...(extra || {}) };
-    const data = await api("POST", "/api/ops/export", body);
+    const data = await api("POST", "/api/ops/export", body, false, true);
     return data.audit;
   }
 
@@ -268,7 +270,7 @@
   }
 
   async function refreshBreakers(slow) {
-    const data = await api("GET", "/api/ops/breakers");
+    const data = await api("GET", "/api/ops/breakers", undefined, false, true);
     const body = clear($("breakers").tBodies[0]);
     for (const b of data.breakers || []) {
       const tr = el("tr");
@@ -307,7 +309,7 @@
   const limitsView = { breaches: {}, rings: new Map() };
 
   async function refreshLimits(slow) {
-    const data = await api("GET", "/api/ops/rate_limits");
+    const data = await api("GET", "/api/ops/rate_limits", undefined, false, true);
     $("limits-storage").textContent = `(storage: ${data.storage}${data.redis_up === false ? ", Redis down" : ""})`;
     const body = $("limits").tBodies[0];
     if (body.contains(document.activeElement) && document.activeElement.tagName === "INPUT") {
@@ -373,7 +375,7 @@
 
   // ---- Policy ----
   async function refreshPolicy(slow) {
-    const p = await api("GET", "/api/ops/policy");
+    const p = await api("GET", "/api/ops/policy", undefined, false, true);
     const facts = clear($("policy-facts"));
     const fact = (k, v) => { facts.appendChild(el("dt", "", k)); facts.appendChild(el("dd", "", v)); };
     fact("version", p.version);
@@ -421,7 +423,9 @@
 
   // ---- Audit: live tail by short polling ----
   const tail = { cursor: null, seen: new Set(), rows: [] };
-  const KNOWN = new Set(["time", "type", "id", "actor", "principal", "route", "limit", "breaker", "path"]);
+  const WHO = ["actor", "principal"];
+  const WHAT = ["route", "breaker", "action", "limit"];
+  const pick = (record, names) => names.find((n) => record[n] !== null && record[n] !== undefined && record[n] !== "");
 
   function auditFilter() {
     const filter = {};
@@ -446,10 +450,14 @@
       if (tail.seen.has(key)) continue;
       tail.seen.add(key);
       tail.cursor = r.time;
+      const who = pick(r, WHO);
+      const what = pick(r, WHAT);
       const details = {};
-      for (const [k, v] of Object.entries(r)) if (!KNOWN.has(k)) details[k] = v;
+      for (const [k, v] of Object.entries(r)) {
+        if (!["time", "type", "id", "path", who, what].includes(k)) details[k] = v;
+      }
       const tr = el("tr", "", el("td", "", fmt.time(r.time)), el("td", "", r.type),
-        el("td", "", r.actor || r.principal || ""), el("td", "", r.route || r.limit || r.breaker || ""),
+        el("td", "", who ? r[who] : ""), el("td", "", what ? r[what] : ""),
         el("td", "", r.path || ""), el("td", "details", JSON.stringify(details)));
       body.insertBefore(tr, body.firstChild);
       while (body.rows.length > MAX_AUDIT_ROWS) body.deleteRow(body.rows.length - 1);
