@@ -3,6 +3,7 @@ endpoint the gateway registers."""
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import yaml
@@ -64,3 +65,17 @@ LIMIT = """
 rate_limits:
   orders: {rate: 15, per: 1h, key: user}
 """
+
+
+def test_the_console_calls_only_documented_operations() -> None:
+    script = (SPEC.parent / "static" / "console" / "app.js").read_text()
+    calls = re.findall(r'api\("([A-Z]+)", [`"](/api/ops/[^`"]*)', script)
+    assert len(calls) >= 9
+    paths = yaml.safe_load(SPEC.read_text())["paths"]
+    for method, path in calls:
+        template = re.sub(r"\$\{[^}]*\}", "{name}", path)
+        assert method.lower() in paths.get(template, {}), f"{method} {path} is not in the OpenAPI document"
+    # ... and nothing else reaches the network: no other fetch, XHR, WebSocket or EventSource.
+    assert script.count("fetch(") == 1 and "XMLHttpRequest" not in script and "WebSocket" not in script
+    assert "innerHTML" not in script and "outerHTML" not in script and "insertAdjacentHTML" not in script
+    assert "eval(" not in script and "new Function" not in script and "document.write" not in script

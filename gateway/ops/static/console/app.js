@@ -1,6 +1,6 @@
 // The gateway's ops console. Vanilla JS, no build step, no other origin.
 // Every value from the API is attacker-influenced (route matches, actor ids, paths, user agents, policy text):
-// it is only ever put on the page with textContent / createTextNode, never innerHTML.
+// it is only ever put on the page with textContent / createTextNode, never parsed as markup.
 "use strict";
 
 (() => {
