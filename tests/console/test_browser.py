@@ -8,14 +8,15 @@ import time
 import urllib.error
 import urllib.parse
 import urllib.request
+from pathlib import Path
 from typing import Any
 
 from selenium.webdriver.common.by import By
 from selenium.webdriver.remote.webdriver import WebDriver
 
 from gateway.ops.auth import fingerprint
-from tests.console.conftest import TOKEN, click, wait
-from tests.support.live import LiveGateway
+from tests.console.conftest import ARTIFACTS, TOKEN, click, wait
+from tests.support.live import LiveGateway, live_gateway
 
 
 def call(gateway: LiveGateway, method: str, path: str, body: Any = None,
@@ -28,6 +29,10 @@ def call(gateway: LiveGateway, method: str, path: str, body: Any = None,
             return answer.status, answer.read()
     except urllib.error.HTTPError as error:
         return error.code, error.read()
+
+
+def tile_names(page: WebDriver) -> list[str | None]:
+    return [t.get_attribute("data-route") for t in page.find_elements(By.CSS_SELECTOR, "#tiles .tile")]
 
 
 def sign_in(page: WebDriver, token: str = TOKEN) -> None:
@@ -204,3 +209,29 @@ def xpath_literal(text: str) -> str:
     """An XPath string literal for text holding both quote kinds."""
     parts = text.split("'")
     return "concat('" + "', \"'\", '".join(parts) + "')" if len(parts) > 1 else f"'{text}'"
+
+
+def test_a_thousand_routes_are_searched_and_paged(browser: WebDriver, tmp_path: Path) -> None:
+    routes = "\n".join(f'  - {{name: route_{i:04d}, match: "GET /api/r/{i}", upstream: app,'
+                       f" slo: {{p95: 300ms, error_rate: 1%}}}}" for i in range(1000))
+    policy = ("version: 1\nadmin: {tokens_env: GW_CONSOLE_TOKENS}\nupstreams:\n  app: {url: '{upstream}'}\n"
+              f"routes:\n{routes}\n")
+    with live_gateway(tmp_path, policy, {"GW_CONSOLE_TOKENS": TOKEN}) as gateway:
+        assert call(gateway, "GET", "/api/r/777")[0] == 200
+        browser.get(gateway.url + "/ops/")
+        try:
+            sign_in(browser)
+            wait(browser).until(lambda d: len(d.find_elements(By.CSS_SELECTOR, "#tiles .tile")) == 24)
+            assert "page 1 of 42 (1000 routes with an SLO)" in browser.find_element(By.ID, "page").text
+            click(browser, By.ID, "next")
+            wait(browser).until(lambda d: "page 2 of 42" in d.find_element(By.ID, "page").text)
+            first = browser.find_element(By.CSS_SELECTOR, "#tiles .tile").get_attribute("data-route")
+            assert first == "route_0024"
+            browser.find_element(By.ID, "search").send_keys("route_0777")
+            wait(browser).until(lambda d: tile_names(d) == ["route_0777"])
+            tile = browser.find_element(By.CSS_SELECTOR, '#tiles .tile[data-route="route_0777"]').text
+            assert re.search(r"p95\s+[\d.]+ ms / target 300 ms", tile) and "1 in 300 s" in tile
+        finally:
+            ARTIFACTS.mkdir(parents=True, exist_ok=True)
+            browser.save_screenshot(str(ARTIFACTS / "test_a_thousand_routes_are_searched_and_paged.png"))
+            browser.execute_script("sessionStorage.clear()")
