@@ -43,3 +43,15 @@ def test_refuses_to_start_without_the_c_http_parser() -> None:
                           "--port", "1"], capture_output=True, text=True, env=env, timeout=30)
     assert run.returncode == 2
     assert "C HTTP parser" in run.stderr
+
+
+def test_the_console_and_the_openapi_document_ship_as_package_data() -> None:
+    from fnmatch import fnmatch
+
+    setuptools = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]
+    globs = setuptools["package-data"]["gateway"]
+    shipped = [p.relative_to(ROOT / "gateway").as_posix() for p in (ROOT / "gateway" / "ops").rglob("*")
+               if p.is_file() and p.suffix in (".html", ".js", ".css", ".yaml")]
+    assert {"ops/openapi.yaml", "ops/static/console/app.js"} <= set(shipped)
+    for name in shipped:
+        assert any(fnmatch(name, glob) for glob in globs), f"{name} is not in the package data"
