@@ -38,13 +38,12 @@ def shipped_policy() -> str:
     return text
 
 
-@pytest.fixture(scope="session")
-def browser() -> Iterator[WebDriver]:
+def start_browser(profile: str) -> WebDriver:
+    """Debian's Chromium, headless, through Debian's chromedriver, with its profile in `profile`."""
     for binary in (CHROMIUM, CHROMEDRIVER):
         if not os.access(binary, os.X_OK):
             raise RuntimeError(f"{binary} is missing: `make test` installs the Debian packages chromium and"
                                " chromium-driver (make test-tools)")
-    profile = tempfile.mkdtemp(prefix="gw-chromium-")
     options = webdriver.ChromeOptions()
     options.binary_location = CHROMIUM
     for flag in ("--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
@@ -54,6 +53,13 @@ def browser() -> Iterator[WebDriver]:
     os.environ["SE_OFFLINE"] = "true"  # Selenium Manager must never fetch a driver or a browser
     driver = webdriver.Chrome(service=Service(executable_path=CHROMEDRIVER), options=options)
     driver.set_page_load_timeout(20)
+    return driver
+
+
+@pytest.fixture(scope="session")
+def browser() -> Iterator[WebDriver]:
+    profile = tempfile.mkdtemp(prefix="gw-chromium-")
+    driver = start_browser(profile)
     yield driver
     driver.quit()
     shutil.rmtree(profile, ignore_errors=True)
