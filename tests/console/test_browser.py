@@ -15,7 +15,7 @@ from selenium.webdriver.common.by import By
 from selenium.webdriver.remote.webdriver import WebDriver
 
 from gateway.ops.auth import fingerprint
-from tests.console.conftest import ARTIFACTS, TOKEN, click, wait
+from tests.console.conftest import ADMIN_ID, ARTIFACTS, TOKEN, click, wait
 from tests.support.live import LiveGateway, live_gateway
 
 
@@ -29,6 +29,16 @@ def call(gateway: LiveGateway, method: str, path: str, body: Any = None,
             return answer.status, answer.read()
     except urllib.error.HTTPError as error:
         return error.code, error.read()
+
+
+def audited(gateway: LiveGateway, action: str) -> list[dict[str, Any]]:
+    """The admin_action records of `action` so far."""
+    status, body = call(gateway, "POST", "/api/ops/export", {
+        "entities": ["audit"], "range": {"from": "2020-01-01T00:00:00Z"},
+        "filter": {"type": "admin_action", "action": action}}, {"Authorization": f"Bearer {TOKEN}"})
+    assert status == 200, body
+    records: list[dict[str, Any]] = json.loads(body)["audit"]
+    return records
 
 
 def tile_names(page: WebDriver) -> list[str | None]:
@@ -101,11 +111,8 @@ def test_opening_a_breaker_from_the_page_makes_the_next_proxied_request_503(
     wait(page).until(lambda d: "open (held)" in d.find_element(By.CSS_SELECTOR, row).text)
     status, body = call(gateway, "GET", "/api/horoscopes/daily")
     assert status == 503, body
-    status, body = call(gateway, "POST", "/api/ops/export", {
-        "entities": ["audit"], "range": {"from": "2020-01-01T00:00:00Z"},
-        "filter": {"type": "admin_action", "action": "breaker.open"}}, {"Authorization": f"Bearer {TOKEN}"})
-    audited = json.loads(body)["audit"]
-    assert [a["principal"] for a in audited] == [f"token:{fingerprint(TOKEN)}"]  # under the admin's identity
+    records = audited(gateway, "breaker.open")
+    assert [r["principal"] for r in records] == [f"token:{fingerprint(TOKEN)}"]  # under the admin's identity
 
 
 def first_429(gateway: LiveGateway, user: str) -> int:
@@ -235,3 +242,17 @@ def test_a_thousand_routes_are_searched_and_paged(browser: WebDriver, tmp_path: 
             ARTIFACTS.mkdir(parents=True, exist_ok=True)
             browser.save_screenshot(str(ARTIFACTS / "test_a_thousand_routes_are_searched_and_paged.png"))
             browser.execute_script("sessionStorage.clear()")
+
+
+def test_the_runbook_admin_id_signs_in_from_a_trusted_network_and_acts_as_that_user(
+    page: WebDriver, gateway: LiveGateway
+) -> None:
+    page.find_element(By.ID, "as-user").click()
+    sign_in(page, ADMIN_ID)  # the browser is on 127.0.0.1: in the shipped admin.trusted_networks
+    wait(page).until(lambda d: visible(d, "console"))
+    open_view(page, "limits")
+    wait(page).until(lambda d: d.find_elements(By.CSS_SELECTOR, '#limits tr[data-limit="per_ip"]'))
+    click(page, By.ID, "reset-all")
+    confirm(page)
+    records = wait(page).until(lambda _: audited(gateway, "rate_limits.reset"))
+    assert [r["principal"] for r in records] == [f"user:{ADMIN_ID}"]
