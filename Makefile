@@ -41,8 +41,9 @@ run: $(RUNTIME_STAMP)
 	trap 'kill -TERM $$p1 $$p2 $$p3 2>/dev/null; wait; exit 0' INT TERM; \
 	wait
 
-# Tests talk to a real redis-server and check alert rules with promtool; where the machine lacks either,
-# install the Debian package (redis-server, prometheus) and say so.
+# Tests talk to a real redis-server, check alert rules with promtool and drive the ops console in headless
+# Chromium; where the machine lacks one, install the Debian package (redis-server, prometheus, chromium and
+# chromium-driver) and say so.
 test-tools:
 	@command -v redis-server >/dev/null || { \
 	  echo "make test: no redis-server on PATH: installing the Debian package redis-server"; \
@@ -50,6 +51,10 @@ test-tools:
 	@command -v promtool >/dev/null || { \
 	  echo "make test: no promtool on PATH: installing the Debian package prometheus (for promtool)"; \
 	  $(SUDO) apt-get update -qq && DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq --no-install-recommends prometheus >/dev/null; }
+	@# The ops console's browser tests: Debian's Chromium and its chromedriver (never a downloaded browser).
+	@test -x /usr/bin/chromium -a -x /usr/bin/chromedriver || { \
+	  echo "make test: no /usr/bin/chromium or /usr/bin/chromedriver: installing the Debian packages chromium chromium-driver"; \
+	  $(SUDO) apt-get update -qq && DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq chromium chromium-driver >/dev/null; }
 
 test: $(STAMP) test-tools
 	$(BIN)/python -m pytest -q

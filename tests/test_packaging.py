@@ -67,3 +67,15 @@ def test_gateway_perf_without_the_perf_package_says_how_to_install_it() -> None:
 def test_the_image_builds_the_runtime_only() -> None:
     copies = re.findall(r"^COPY (?!--from)(.+)$", dockerfile(), re.M)
     assert copies and not any("perf" in line for line in copies)
+
+
+def test_the_console_and_the_openapi_document_ship_as_package_data() -> None:
+    from fnmatch import fnmatch
+
+    setuptools = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]
+    globs = setuptools["package-data"]["gateway"]
+    shipped = [p.relative_to(ROOT / "gateway").as_posix() for p in (ROOT / "gateway" / "ops").rglob("*")
+               if p.is_file() and p.suffix in (".html", ".js", ".css", ".yaml")]
+    assert {"ops/openapi.yaml", "ops/static/console/app.js"} <= set(shipped)
+    for name in shipped:
+        assert any(fnmatch(name, glob) for glob in globs), f"{name} is not in the package data"

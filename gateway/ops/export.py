@@ -116,7 +116,8 @@ def parse_request(body: Any, now: float) -> ExportRequest:
             raise BadExport("range.from is after range.to")
     elif window is not None and not isinstance(window, dict):
         raise BadExport("range must be an object with from and to")
-    raw_filter = body.get("filter") or {}
+    raw_filter = body.get("filter")
+    raw_filter = {} if raw_filter is None else raw_filter
     if not isinstance(raw_filter, dict):
         raise BadExport('filter must be an object such as {"type": "rate_limit_hit", "actor": "u1"}')
     filters: list[tuple[str, tuple[Scalar, ...]]] = []
