@@ -28,3 +28,5 @@ _.row_factory
 _._make_runner
 # A pytest fixture requested for its effect, not its value (tests/reload/test_heap.py).
 frozen_heap
+# Selenium reads it (tests/console/conftest.py: Debian's Chromium, never a downloaded one).
+_.binary_location
