@@ -12,6 +12,7 @@ from collections.abc import Iterable
 
 from gateway.logs import get_logger
 from gateway.ratelimit.redis import STORE_ERRORS, RedisBuckets
+from gateway.tasks import stop
 
 log = get_logger("gateway.ratelimit")
 
@@ -96,8 +97,5 @@ class Overrides:
 
     async def close(self) -> None:
         """Stop refreshing."""
-        tasks = [t for t in (self._task, *self._background) if t is not None]
-        for task in tasks:
-            task.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
+        await stop((self._task, *self._background))
         self._task = None
