@@ -20,8 +20,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from aiohttp import web
-from gateway.perf.local import free_port
 
+from perf.local import free_port
 from tests.support.upstream import recording_app
 
 ROOT = str(Path(__file__).resolve().parents[2])
