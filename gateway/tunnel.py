@@ -67,13 +67,24 @@ class _Answer:
     """httptools callbacks for the upstream's answer to the handshake."""
 
     def __init__(self) -> None:
+        self.parser: httptools.HttpResponseParser | None = None
         self.headers: CIMultiDict[str] = CIMultiDict()
         self.reason = ""
         self.body = bytearray()
         self.head_done = False
         self.complete = False
+        self._interim = False
 
     def on_headers_complete(self) -> None:
+        assert self.parser is not None
+        status = self.parser.get_status_code()
+        if 100 <= status < 200 and status != 101:
+            # 100 Continue, 103 Early Hints: interim, the final answer follows (taken for the answer, a 103
+            # was relayed as the response and the client left hanging)
+            self._interim = True
+            self.headers = CIMultiDict()
+            self.reason = ""
+            return
         self.head_done = True
 
     def on_status(self, status: bytes) -> None:
@@ -88,6 +99,9 @@ class _Answer:
         self.body += body
 
     def on_message_complete(self) -> None:
+        if self._interim:
+            self._interim = False
+            return
         self.complete = True
 
 
@@ -128,7 +142,7 @@ async def handshake(
     try:
         writer.write(head)
         answer = _Answer()
-        parser = httptools.HttpResponseParser(answer)
+        parser = answer.parser = httptools.HttpResponseParser(answer)
         seen = 0
         async with asyncio.timeout(deadline):
             while not answer.complete:

@@ -223,3 +223,34 @@ async def test_sigterm_closes_tunnels_after_the_drain_timeout(
         if proc.returncode is None:
             proc.kill()
             await proc.wait()
+
+
+async def test_an_interim_answer_before_the_101_is_not_taken_for_the_final_one(
+    make_gateway: GatewayFactory,
+) -> None:
+    """An upstream may send 100 Continue or 103 Early Hints before its 101 (RFC 9110 15.2): the gateway waits
+    for the final answer instead of relaying the interim one as if it were the response."""
+
+    async def interim_then_101(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.readuntil(b"\r\n\r\n")
+        writer.write(b"HTTP/1.1 103 Early Hints\r\nLink: </a.css>; rel=preload\r\n\r\n")
+        await writer.drain()  # a read of its own: the interim answer alone is a complete message
+        await asyncio.sleep(0.2)
+        writer.write(b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+                     b"\r\nfrom-upstream")
+        await writer.drain()
+        await reader.read()  # until the gateway closes
+        writer.close()
+
+    server = await asyncio.start_server(interim_then_101, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    try:
+        gw = await make_gateway(POLICY, url=f"http://127.0.0.1:{port}", idle="5s", longest="1h")
+        reader, writer = await asyncio.open_connection("127.0.0.1", gw.port)
+        writer.write(b"GET /ws HTTP/1.1\r\nHost: x\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\r\n")
+        head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 5)
+        assert head.startswith(b"HTTP/1.1 101 "), head
+        assert await asyncio.wait_for(reader.readexactly(13), 5) == b"from-upstream"
+        writer.close()
+    finally:
+        server.close()
