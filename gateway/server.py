@@ -241,11 +241,18 @@ async def serve(
     loop = asyncio.get_running_loop()
     runner = GatewayRunner(app, limits=limits, shutdown_timeout=drain_timeout, **runner_kwargs)
     await runner.setup()
-    site = web.TCPSite(
-        runner, host, port, reuse_port=reuse_port, backlog=1024,
-        ssl_context=certificate.context if certificate is not None else None,
-    )
-    await site.start()
+    tls_listener: asyncio.Server | None = None
+    if certificate is None:
+        await web.TCPSite(runner, host, port, reuse_port=reuse_port, backlog=1024).start()
+    else:
+        # Not a TCPSite: it takes no handshake deadline, and asyncio's default lets a client that never
+        # finishes its TLS handshake hold a socket for 60 s, unseen by the header deadline and max_connections
+        # (the connection handler only hears of a connection once its handshake is done).
+        assert runner.server is not None
+        tls_listener = await loop.create_server(
+            runner.server, host, port, ssl=certificate.context, ssl_handshake_timeout=limits.header_timeout,
+            reuse_port=reuse_port, backlog=1024,
+        )
     log.info("listening", host=host, port=port, tls=certificate is not None)
     watch: asyncio.Task[None] | None = None
     if certificate is not None:
@@ -275,6 +282,8 @@ async def serve(
         # (audit flush, pool close). The signal handlers stay: a second signal exits at once.
         if watch is not None:
             watch.cancel()
+        if tls_listener is not None:
+            tls_listener.close()  # (runner.cleanup stops its own sites; this one is ours)
         await runner.cleanup()
         flush_access_log()
         for signum in (signal.SIGTERM, signal.SIGINT):
