@@ -22,7 +22,7 @@ from aiohttp.http_exceptions import BadHttpMessage, LineTooLong
 from aiohttp.web_protocol import RequestHandler
 from aiohttp.web_request import BaseRequest
 
-from gateway.compat import HandlerRunner, requests_parsed
+from gateway.compat import HandlerRunner, handler_task, requests_parsed
 from gateway.logs import flush_access_log, get_logger
 from gateway.policy.model import Server as ServerSettings
 from gateway.tls import Certificate
@@ -108,6 +108,24 @@ class GatewayRequestHandler(RequestHandler):
         self._header_timer: asyncio.TimerHandle | None = None
         self._write_timer: asyncio.TimerHandle | None = None
         self.stalled = False  # set when the write deadline cut the connection: the client's fault
+
+    async def shutdown(self, timeout: float | None = 15.0) -> None:  # noqa: ASYNC109 (aiohttp's signature)
+        """Drain: the handler still running at `timeout` is cancelled then. (aiohttp waits `timeout`, then
+        cancels only the request's body and waits `timeout` again: a handler reading no body, a tunnel or a
+        slow upstream call, got twice server.drain_timeout, past a supervisor's kill deadline.)"""
+        cutoff = None
+        if timeout is not None:
+            cutoff = asyncio.get_running_loop().call_later(timeout, self._cancel_handler)
+        try:
+            await super().shutdown(timeout)
+        finally:
+            if cutoff is not None:
+                cutoff.cancel()
+
+    def _cancel_handler(self) -> None:
+        task = handler_task(self)
+        if task is not None and not task.done():
+            task.cancel()
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         if len(self._server.connections) >= self._limits.max_connections:
