@@ -275,7 +275,8 @@ class Pipeline:
                 return await self._tunnel(exchange, route)
             return await self._proxy(exchange, route)
         finally:
-            client.done()
+            if exchange.handshake_done is None:  # (a tunnel gave its slot back once upgraded)
+                client.done()
             if exchange.permit is not None:
                 exchange.permit.release()  # no-op once recorded; frees a probe slot when no verdict came
 
@@ -441,6 +442,7 @@ class Pipeline:
         response.force_close()  # after the tunnel, the connection is done
         await response.prepare(request)
         exchange.handshake_done = _clock()
+        client.done()  # upgraded: no longer a request in flight (max_requests); open tunnels held every slot
         settings = exchange.runtime.policy.server
         tunnel = Tunnel(request, shake, self._tunnels, idle=settings.tunnel_idle_timeout,
                         longest=settings.tunnel_max_duration)

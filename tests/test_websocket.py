@@ -254,3 +254,30 @@ async def test_an_interim_answer_before_the_101_is_not_taken_for_the_final_one(
         writer.close()
     finally:
         server.close()
+
+
+async def test_open_tunnels_do_not_take_the_upstreams_request_slots(
+    make_gateway: GatewayFactory, ws_upstream: TestServer
+) -> None:
+    """upstreams.max_requests caps requests in flight; a tunnel is one only until its handshake is answered.
+    Counted for its whole life, a few idle WebSockets (held open for hours) got every HTTP request to that
+    upstream refused with 503 upstream_overloaded."""
+    policy = POLICY.replace('breaker: app}}}}', 'breaker: app, max_requests: 2}}}}')
+    assert policy != POLICY
+    gw = await make_gateway(policy, url=str(ws_upstream.make_url("")).rstrip("/"), idle="5s", longest="1h")
+    async with aiohttp.ClientSession() as session:
+        sockets = [await session.ws_connect(gw.make_url("/ws")) for _ in range(2)]
+        try:
+            for ws in sockets:  # both tunnels are open and relaying
+                await ws.send_str("x")
+                assert (await ws.receive(5)).data == "echo:x"
+            plain = await gw.get("/refused")  # an ordinary request to the same upstream (403 is its answer)
+            assert plain.status == 403, await plain.text()
+            async with session.ws_connect(gw.make_url("/ws")) as third:  # and another tunnel
+                await third.send_str("y")
+                assert (await third.receive(5)).data == "echo:y"
+        finally:
+            for ws in sockets:
+                await ws.close()
+    client = gw.app[GATEWAY].current().clients["app"]
+    assert client.in_flight == 0  # every slot given back, once each
