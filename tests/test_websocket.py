@@ -281,3 +281,57 @@ async def test_open_tunnels_do_not_take_the_upstreams_request_slots(
                 await ws.close()
     client = gw.app[GATEWAY].current().clients["app"]
     assert client.in_flight == 0  # every slot given back, once each
+
+
+async def raw_upgrade_upstream(answer_upgrade: str | None, seen: list[bytes]) -> asyncio.Server:
+    """Answers 101 with `Upgrade: answer_upgrade` (None: the first protocol the request offered, e.g. h2c
+    when offered), remembering each request head."""
+
+    async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        head = await reader.readuntil(b"\r\n\r\n")
+        seen.append(head)
+        offered = next(line.split(b":", 1)[1].strip() for line in head.split(b"\r\n")
+                       if line.lower().startswith(b"upgrade:"))
+        chosen = answer_upgrade.encode() if answer_upgrade else offered.split(b",")[-1].strip()
+        writer.write(b"HTTP/1.1 101 Switching Protocols\r\nConnection: Upgrade\r\nUpgrade: " + chosen +
+                     b"\r\n\r\n")
+        await writer.drain()
+        await reader.read()
+        writer.close()
+
+    return await asyncio.start_server(serve, "127.0.0.1", 0)
+
+
+async def test_only_the_protocol_the_route_allows_is_offered_upstream(make_gateway: GatewayFactory) -> None:
+    """`Upgrade: websocket, h2c` on a websocket route: the upstream is offered websocket alone. (Forwarded
+    whole, an upstream that speaks h2c could pick it, and every request inside that HTTP/2 connection would
+    bypass the gateway's routes and limits: h2c smuggling.)"""
+    seen: list[bytes] = []
+    server = await raw_upgrade_upstream(None, seen)  # picks the last protocol it is offered
+    try:
+        gw = await make_gateway(POLICY, url=f"http://127.0.0.1:{server.sockets[0].getsockname()[1]}",
+                                idle="5s", longest="1h")
+        reader, writer = await asyncio.open_connection("127.0.0.1", gw.port)
+        writer.write(b"GET /ws HTTP/1.1\r\nHost: x\r\nConnection: Upgrade, HTTP2-Settings\r\n"
+                     b"Upgrade: websocket, h2c\r\nHTTP2-Settings: AAMAAABkAARAAAAAAAIAAAAA\r\n\r\n")
+        head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 5)
+        writer.close()
+        upgrade = [line for line in seen[0].split(b"\r\n") if line.lower().startswith(b"upgrade:")]
+        assert upgrade == [b"Upgrade: websocket"], seen[0]
+        assert head.startswith(b"HTTP/1.1 101 ") and b"Upgrade: websocket" in head, head
+    finally:
+        server.close()
+
+
+async def test_a_101_to_a_protocol_not_asked_for_is_refused(make_gateway: GatewayFactory) -> None:
+    seen: list[bytes] = []
+    server = await raw_upgrade_upstream("h2c", seen)
+    try:
+        gw = await make_gateway(POLICY, url=f"http://127.0.0.1:{server.sockets[0].getsockname()[1]}",
+                                idle="5s", longest="1h")
+        response = await gw.get("/ws", headers={"Connection": "Upgrade", "Upgrade": "websocket"})
+        body = await response.json()
+        assert response.status == 502 and body["error"] == "protocol", body
+        assert len(seen) == 1
+    finally:
+        server.close()
