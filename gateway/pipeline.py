@@ -345,7 +345,14 @@ class Pipeline:
             attempts = retry.attempts
             if request.body_exists:
                 await send_continue(request)
-                body = await request.read()  # known length <= MAX_REPLAY_BODY: buffered to be sent again
+                try:  # known length <= MAX_REPLAY_BODY: buffered to be sent again, within the route's timeout
+                    async with asyncio.timeout(route.timeout):  # (a body never sent held a slot for ever)
+                        body = await request.read()
+                except TimeoutError:
+                    refused = self._refuse(exchange, 408, "client_timeout", route=route.name,
+                                           detail="the client did not send its request body in time")
+                    refused.force_close()
+                    return refused
         if request.body_exists:
             await send_continue(request)  # admitted: only now may a client waiting on 100-continue send
             if body is None:
