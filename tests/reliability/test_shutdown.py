@@ -103,9 +103,9 @@ async def test_second_signal_exits_at_once(tmp_path: Path, held_upstream: HeldUp
 async def test_sigterm_keeps_tunnels_relaying_then_closes_them_at_the_drain_timeout_and_exits_0(
     tmp_path: Path,
 ) -> None:
-    """A WebSocket tunnel open at SIGTERM: its client's bytes still reach the upstream while the server drains,
-    and it is closed at drain_timeout, not twice that (aiohttp waits the timeout once for the handler, then
-    again before cancelling it: past a supervisor's kill deadline set to the drain timeout)."""
+    """A WebSocket tunnel open at SIGTERM: its client's bytes still reach the upstream while the server
+    drains, and it is closed at drain_timeout, not twice that (aiohttp waits the timeout once for the
+    handler, then again before cancelling it: past a supervisor's kill deadline set to the drain timeout)."""
 
     async def echo_after_101(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         await reader.readuntil(b"\r\n\r\n")
