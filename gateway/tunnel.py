@@ -23,6 +23,7 @@ from aiohttp import web
 from multidict import CIMultiDict
 from yarl import URL
 
+from gateway.server import GatewayRequestHandler
 from gateway.upstream.errors import UpstreamError
 from gateway.upstream.pool import request_head
 
@@ -302,6 +303,8 @@ class Tunnel:
         finally:
             if reason == "cancelled" and self.client_done.is_set():
                 reason = "client_closed"  # (aiohttp cancels the handler as the client's connection goes)
+            if reason == "client_closed" and isinstance(protocol, GatewayRequestHandler) and protocol.stalled:
+                reason = "client_stalled"  # cut off by the write deadline: it read nothing for write_timeout
             self.ended = reason
             for task in (pump, client_gone):
                 task.cancel()

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import os
 import resource
+import socket
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -335,3 +336,32 @@ async def test_a_101_to_a_protocol_not_asked_for_is_refused(make_gateway: Gatewa
         assert len(seen) == 1
     finally:
         server.close()
+
+
+async def test_a_tunnel_client_cut_off_by_the_write_deadline_is_counted_as_stalled(
+    make_gateway: GatewayFactory, ws_upstream: TestServer
+) -> None:
+    """The upstream floods, the client reads nothing: server.write_timeout (2s here) cuts it, and the tunnel's
+    end says so (it said client_closed, as if the client had left)."""
+    gw = await make_gateway(POLICY, url=str(ws_upstream.make_url("")).rstrip("/"), idle="1h", longest="1h")
+    assert gw.port is not None
+    sock = socket.socket()
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    sock.setblocking(False)
+    loop = asyncio.get_running_loop()
+    try:
+        await loop.sock_connect(sock, ("127.0.0.1", gw.port))
+        await loop.sock_sendall(sock, b"GET /flood HTTP/1.1\r\nHost: x\r\nConnection: Upgrade\r\n"
+                                      b"Upgrade: websocket\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n"
+                                      b"Sec-WebSocket-Version: 13\r\n\r\n")
+        ended: list[str] = []
+        for _ in range(150):  # until the tunnel ends (the write deadline plus the time to fill the buffers)
+            metrics = await (await gw.get("/metrics")).text()
+            ended = [x for x in metrics.splitlines() if x.startswith("gateway_tunnels_closed_total{")]
+            if ended:
+                break
+            await asyncio.sleep(0.1)
+        assert ended == ['gateway_tunnels_closed_total{reason="client_stalled"} 1.0'], ended
+        assert 'gateway_connections_dropped_total{reason="write_stall"} 1.0' in metrics
+    finally:
+        sock.close()
