@@ -355,12 +355,16 @@ async def test_a_tunnel_client_cut_off_by_the_write_deadline_is_counted_as_stall
                                       b"Upgrade: websocket\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n"
                                       b"Sec-WebSocket-Version: 13\r\n\r\n")
         ended: list[str] = []
-        for _ in range(150):  # until the tunnel ends (the write deadline plus the time to fill the buffers)
+
+        async def tunnel_ended() -> bool:
+            nonlocal ended, metrics
             metrics = await (await gw.get("/metrics")).text()
             ended = [x for x in metrics.splitlines() if x.startswith("gateway_tunnels_closed_total{")]
-            if ended:
-                break
-            await asyncio.sleep(0.1)
+            return bool(ended)
+
+        metrics = ""
+        # the write deadline, plus the time the flood takes to fill the buffers on the way
+        await until(tunnel_ended, within=15, every=0.1, what="the stalled tunnel to end")
         assert ended == ['gateway_tunnels_closed_total{reason="client_stalled"} 1.0'], ended
         assert 'gateway_connections_dropped_total{reason="write_stall"} 1.0' in metrics
     finally:
