@@ -301,7 +301,7 @@ class Server(Strict):
     header_timeout: Duration = Field(
         10.0,
         description="A new connection must complete its first request head within this (slowloris); aiohttp"
-        " alone would wait until the keep-alive timer.",
+        " alone would wait until the keep-alive timer. With `server.tls`, its TLS handshake too.",
     )
     idle_timeout: Duration = Field(75.0, description="Idle keep-alive connections are closed after this.")
     write_timeout: Duration = Field(

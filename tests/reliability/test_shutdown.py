@@ -98,3 +98,51 @@ async def test_second_signal_exits_at_once(tmp_path: Path, held_upstream: HeldUp
         in_flight.cancel()
         with pytest.raises((asyncio.CancelledError, aiohttp.ClientError)):
             await in_flight
+
+
+async def test_sigterm_keeps_tunnels_relaying_then_closes_them_at_the_drain_timeout_and_exits_0(
+    tmp_path: Path,
+) -> None:
+    """A WebSocket tunnel open at SIGTERM: its client's bytes still reach the upstream while the server
+    drains, and it is closed at drain_timeout, not twice that (aiohttp waits the timeout once for the
+    handler, then again before cancelling it: past a supervisor's kill deadline set to the drain timeout)."""
+
+    async def echo_after_101(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.readuntil(b"\r\n\r\n")
+        writer.write(b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\r\n")
+        while data := await reader.read(65536):
+            writer.write(data)
+        writer.close()
+
+    upstream = await asyncio.start_server(echo_after_101, "127.0.0.1", 0)
+    drain = 3.0
+    policy = tmp_path / "p.yaml"
+    policy.write_text(
+        f'version: 1\nupstreams: {{app: {{url: "http://127.0.0.1:{upstream.sockets[0].getsockname()[1]}"}}}}\n'
+        f"server: {{drain_timeout: {drain}s}}\n"
+        f'audit: {{dir: "{tmp_path}/audit"}}\n'
+        'routes: [{name: ws, match: "GET /ws", upstream: app, upgrade: [websocket]}]\n'
+    )
+    proc, port = await start_gateway(policy)
+    try:
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        writer.write(b"GET /ws HTTP/1.1\r\nHost: x\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\r\n")
+        assert (await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 5)).startswith(b"HTTP/1.1 101 ")
+        writer.write(b"before")
+        assert await asyncio.wait_for(reader.readexactly(6), 5) == b"before"
+        loop = asyncio.get_running_loop()
+        signalled = loop.time()
+        proc.send_signal(signal.SIGTERM)
+        await asyncio.sleep(0.3)  # draining now
+        writer.write(b"during")
+        assert await asyncio.wait_for(reader.readexactly(6), 2) == b"during"
+        assert await asyncio.wait_for(reader.read(), 2 * drain + 5) == b""  # closed by the gateway
+        assert await asyncio.wait_for(proc.wait(), 10) == 0
+        elapsed = loop.time() - signalled
+        assert drain - 0.5 <= elapsed < drain + 1.5, elapsed
+        writer.close()
+    finally:
+        if proc.returncode is None:
+            proc.kill()
+            await proc.wait()
+        upstream.close()
