@@ -130,8 +130,9 @@ async def handshake(
         head = request_head(method, target, headers)
     except UpstreamError as exc:
         raise HandshakeError(exc.kind, exc.detail) from None
+    expires = asyncio.get_running_loop().time() + deadline  # one deadline: connect and answer together
     try:
-        async with asyncio.timeout(deadline):
+        async with asyncio.timeout_at(expires):
             reader, writer = await asyncio.open_connection(
                 url.host, url.port, ssl=context, server_hostname=url.host if context else None,
                 limit=READ_SIZE,
@@ -145,7 +146,7 @@ async def handshake(
         answer = _Answer()
         parser = answer.parser = httptools.HttpResponseParser(answer)
         seen = 0
-        async with asyncio.timeout(deadline):
+        async with asyncio.timeout_at(expires):
             while not answer.complete:
                 data = await reader.read(READ_SIZE)
                 if not data:

@@ -22,7 +22,7 @@ from gateway.identity import forwarded_for
 from gateway.logs import get_logger
 from gateway.ops.auth import AdminAuth
 from gateway.runtime import Runtime
-from gateway.server import send_continue
+from gateway.server import defer_continue, send_continue
 
 log = get_logger("gateway.ops")
 
@@ -279,4 +279,4 @@ async def _ops_not_found(request: web.Request) -> web.Response:
 
 def add_ops_fallback(app: web.Application) -> None:
     """After every ops route: the /api/ops/ namespace is the gateway's and never reaches the upstream."""
-    app.router.add_route("*", OPS_PREFIX + r"/{tail:[\s\S]*}", _ops_not_found)
+    app.router.add_route("*", OPS_PREFIX + r"/{tail:[\s\S]*}", _ops_not_found, expect_handler=defer_continue)

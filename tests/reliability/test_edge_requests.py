@@ -107,7 +107,10 @@ async def test_100_continue_only_after_the_request_is_admitted(
     assert line.startswith(b"HTTP/1.1 100"), line
     line = await first_answer(gw.port, b"POST /once HTTP/1.1\r\nHost: x\r\nContent-Length: 2\r\n" + expect)
     assert line.startswith(b"HTTP/1.1 429"), line
-    # The ops API decides on credentials before it asks for the body.
+    # The ops API decides on credentials (and on whether the endpoint exists) before it asks for the body.
+    line = await first_answer(gw.port, b"POST /api/ops/nothing HTTP/1.1\r\nHost: localhost\r\n"
+                              b"Content-Length: 2\r\n" + expect)
+    assert line.startswith(b"HTTP/1.1 404"), line
     ops = b"POST /api/ops/reload HTTP/1.1\r\nHost: x\r\nContent-Length: 2\r\n"
     line = await first_answer(gw.port, ops + expect)
     assert line.startswith(b"HTTP/1.1 401") or line.startswith(b"HTTP/1.1 403"), line
