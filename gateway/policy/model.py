@@ -189,11 +189,12 @@ class Audit(Strict):
 
     dir: Annotated[str, Field(min_length=1)] = Field(
         "data/audit",
-        description="File backend only: directory of the JSON-lines files, relative to the policy file's"
-        " directory.",
+        description="File backend only: directory of the JSON-lines files; a relative one is relative to"
+        " `$GATEWAY_DATA_DIR` when set (the image: /var/lib/gateway), else to the policy file's directory.",
     )
     max_events: Annotated[int, Field(ge=100)] = Field(
-        100_000, description="Redis backend: cap of each audit stream (`MAXLEN ~`)."
+        100_000, description="Redis backend: cap of each audit stream (`MAXLEN ~`): the main one and those of"
+        " the flood kinds (`:rate_limit_hit`, `:auth_failed`), so a flood trims only its own."
     )
     max_age: Duration = Field(
         7 * 86400.0, description="Older events are trimmed (Redis `MINID`) or their files deleted."
@@ -201,10 +202,17 @@ class Audit(Strict):
     queue_size: Annotated[int, Field(ge=10, le=10_000_000)] = Field(
         10_000,
         description="Events waiting to be written; when the queue is full an event is dropped and counted"
-        " (`dropped` in `/api/ops/health`).",
+        " (`dropped` in `/api/ops/health`). The flood kinds may fill only nine tenths of it.",
     )
     max_file_size: Annotated[Size, Field(ge=4096)] = Field(
-        64 * 2**20, description="File backend: a JSON-lines file rotates past this size."
+        64 * 2**20, description="File backend: a JSON-lines file rotates past this size (or past a sixteenth"
+        " of `max_total_bytes`, if smaller)."
+    )
+    max_total_bytes: Annotated[Size, Field(ge=65536)] = Field(
+        256 * 2**20,
+        description="File backend: the audit directory never holds more; past it the oldest files are"
+        " deleted, those of the flood kinds (`rate_limit_hit`, failed admin logins) before any other, and"
+        " each record deleted is counted (`gateway_audit_dropped_total{reason=\"cap\"}`).",
     )
 
 

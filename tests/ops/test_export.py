@@ -14,7 +14,7 @@ import pytest
 from aiohttp import ClientResponse
 from aiohttp.test_utils import TestServer
 
-from gateway.audit import iso
+from gateway.audit import Batch, iso
 from gateway.events import Event
 from tests.conftest import GatewayFactory
 from tests.ops.conftest import ADMIN, Client, audit_of, policy
@@ -84,7 +84,8 @@ async def export_audit(gw: Client, start: float, end: float | None = None, **opt
 
 
 def strip(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    return [{k: v for k, v in r.items() if k not in ("id", "entity")} for r in records]
+    assert all(r.get("event_id") for r in records if r.get("entity", "audit") == "audit")
+    return [{k: v for k, v in r.items() if k not in ("id", "event_id", "entity")} for r in records]
 
 
 async def test_json_export_by_time_range_and_filter(gw: Client) -> None:
@@ -207,11 +208,11 @@ async def test_a_large_range_is_streamed_without_being_held_in_memory(
     n = 50_000
     for chunk in range(0, n, 5000):
         await store.append(
-            [
+            Batch.of(
                 b'{"time":"%s","type":"rate_limit_hit","actor":"10.1.%d.%d","limit":"per_ip","route":"orders",'
                 b'"key":"ip","shadow":false}' % (iso(BASE + (chunk + i) / 100).encode(), i // 256, i % 256)
                 for i in range(5000)
-            ]
+            )
         )
     tracemalloc.start()
     try:
