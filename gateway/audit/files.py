@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import os
 import re
+import threading
 import time
 from collections.abc import AsyncIterator, Callable
 from datetime import datetime
@@ -71,6 +72,7 @@ class FileStore:
         self._stored: dict[tuple[str, str], int] = {}  # (writer, stream) -> highest seq stored
         self._pruned_at = 0.0
         self.evicted = 0  # records deleted to keep the directory under max_total_bytes
+        self._lock = threading.Lock()
 
     # -- the directory --
 
@@ -214,13 +216,13 @@ class FileStore:
             except FileNotFoundError:
                 pass
 
+    def _append_locked(self, batch: Batch) -> None:
+        with self._lock:  # an attempt abandoned at shutdown may still be running in its thread
+            self._append(batch)
+
     async def append(self, batch: Batch) -> None:
         """Append records durably (written and fsynced) before returning; a retried batch is stored once."""
-        await asyncio.to_thread(self._append, batch)
-
-    async def confirm(self, batch: Batch) -> int | None:
-        """How many of the batch's records are stored."""
-        return sum(1 for e in batch.entries if e.seq <= self._stored.get((batch.writer, e.stream), 0))
+        await asyncio.to_thread(self._append_locked, batch)
 
     # -- reading --
 

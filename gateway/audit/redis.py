@@ -12,7 +12,6 @@ out but landed adds no second copy. The entries the cap trims are counted (`evic
 
 from __future__ import annotations
 
-import asyncio
 import hashlib
 import time
 from collections.abc import AsyncIterator, Callable
@@ -30,7 +29,6 @@ from gateway.policy.model import Audit
 SCRIPT = resources.files("gateway.audit").joinpath("append.lua").read_text(encoding="utf-8")
 SHA = hashlib.sha1(SCRIPT.encode()).hexdigest()
 MARK_TTL = 86400  # seconds a writer's mark outlives its last write: far longer than any attempt is in flight
-CONFIRM_TIMEOUT = 1.0  # at shutdown: how long to wait for Redis to say whether a timed-out write landed
 
 
 def same_slot(key: str, suffix: str) -> str:
@@ -103,20 +101,6 @@ class RedisStore:
                 raise reply
             if command[0] == "EVALSHA":
                 self.evicted += int(reply[1])
-
-    async def confirm(self, batch: Batch) -> int | None:
-        """How many of the batch's records are stored (read from the writer's marks); None if Redis cannot
-        say within CONFIRM_TIMEOUT."""
-        groups = batch.by_stream()
-        try:
-            async with asyncio.timeout(CONFIRM_TIMEOUT):
-                marks = [await self.redis.get(self.mark(stream, batch.writer)) for stream in groups]
-        except Exception:
-            return None
-        return sum(
-            len(entries) for entries, mark in zip(groups.values(), marks, strict=True)
-            if mark is not None and int(mark) >= entries[-1].seq
-        )
 
     def scan(self, start: float, end: float) -> AsyncIterator[list[Record]]:
         """Pages of records with start <= time <= end from every stream, merged by time, oldest first."""

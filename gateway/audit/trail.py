@@ -34,6 +34,7 @@ log = get_logger("gateway.audit")
 
 BATCH = 1000  # events per write: one round trip to Redis or one file append per stream
 DATA_DIR_ENV = "GATEWAY_DATA_DIR"
+FINAL_ATTEMPT = 1.0  # at shutdown, after `within`: one last (idempotent) try at the batch cut short
 PROBE_TTL = 2.0  # a storage probe's answer is reused this long (health is public and may be polled hard)
 DROP_REASONS = ("queue_full", "closed", "shutdown", "cap")
 
@@ -45,8 +46,6 @@ class Store(Protocol):
     evicted: int  # records the size/count cap removed before max_age
 
     async def append(self, batch: Batch) -> None: ...
-
-    async def confirm(self, batch: Batch) -> int | None: ...
 
     def scan(self, start: float, end: float) -> AsyncIterator[list[Record]]: ...
 
@@ -197,12 +196,13 @@ class AuditTrail:
     async def close(self, within: float = 10.0) -> None:
         """Stop accepting events, write everything queued (for up to `within` s), close the storage.
 
-        What is left then is counted: events never sent as dropped ("shutdown"); a batch whose write was cut
-        short is asked about (storage says how much of it landed) and counted as written or dropped, or as
-        unconfirmed when storage cannot answer either."""
+        What is left then: events never sent are counted as dropped ("shutdown"). The batch whose write was
+        cut short may have landed (a stalled Redis runs it when it wakes): it gets one last try of at most
+        FINAL_ATTEMPT s, which cannot store it twice. Stored then, it counts as written; if that fails too,
+        as unconfirmed when an earlier attempt was sent (it may be stored), else as dropped."""
         self._closing = True
         self._wake.set()
-        if self._task is not None:
+        if self._task is not None and not self._task.done():
             try:
                 await asyncio.wait_for(asyncio.shield(self._task), within)
             except TimeoutError:
@@ -215,16 +215,21 @@ class AuditTrail:
     async def _give_up(self) -> None:
         never_sent = len(self._queue)
         self._queue.clear()
-        batch, self._pending = self._pending, None
-        stored: int | None = 0
-        if batch is not None and self._attempted:
-            stored = await self.store.confirm(batch)
-        if batch is not None and stored is None:
-            self.unconfirmed += len(batch)
-            self._settled += len(batch)
-        elif batch is not None:
-            self._settle(written=stored or 0, shutdown=len(batch) - (stored or 0))
         self._settle(shutdown=never_sent)
+        batch, self._pending = self._pending, None
+        if batch is not None:
+            try:
+                async with asyncio.timeout(FINAL_ATTEMPT):
+                    await self.store.append(batch)
+            except Exception as exc:
+                if self._attempted:
+                    self.unconfirmed += len(batch)
+                    self._settled += len(batch)
+                else:
+                    self._settle(shutdown=len(batch))
+                log.warning("audit_final_write_failed", backend=self.store.kind, error=repr(exc))
+            else:
+                self._settle(written=len(batch))
         log.error("audit_events_lost_on_close", lost=self.drops["shutdown"], unconfirmed=self.unconfirmed,
                   backend=self.store.kind)
 

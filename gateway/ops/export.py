@@ -319,7 +319,7 @@ class Export:
                 await out.row(group.values())
         elif entity == "audit":
             await out.row(CSV_COLUMNS)
-            known = {*CSV_COLUMNS, "id", "event_id"}  # addresses (Redis stream id, event id), not event fields
+            known = {*CSV_COLUMNS, "id", "event_id"}  # addresses (stream id, event id), not event fields
             async for record in self.records():
                 details = {k: v for k, v in record.items() if k not in known}
                 await out.row([record.get(c) for c in CSV_COLUMNS[:-1]] + [details or None])
