@@ -1,6 +1,6 @@
-"""Floods cannot erase the audit trail: thousands of failed admin logins from thousands of addresses, against a
-real gateway, leave the admin actions, reloads and breaker changes before them in the export; the file
-backend stays under audit.max_total_bytes and counts what it deleted."""
+"""Floods cannot erase the audit trail: thousands of failed admin logins from thousands of addresses,
+against a real gateway, leave the admin actions, reloads and breaker changes before them in the export; the
+file backend stays under audit.max_total_bytes and counts what it deleted."""
 
 from __future__ import annotations
 
@@ -16,7 +16,8 @@ import pytest
 import redis.asyncio as aioredis
 from aiohttp.test_utils import TestServer
 
-from gateway.audit import FileStore, RedisStore, iso
+from gateway.audit import Batch, FileStore, RedisStore, iso
+from gateway.policy.model import Audit
 from tests.conftest import GatewayFactory
 from tests.ops.conftest import BEARER, Client, audit_of, policy
 
@@ -89,8 +90,9 @@ async def test_a_flood_of_failed_admin_logins_leaves_the_rare_events_in_the_expo
     failed = [r for r in records if r.get("action") == "auth_failed"]
     assert 0 < len(failed) < FLOOD  # the flood was capped: in its own stream / its own files
 
-    # The export is everything storage kept, merged by time; what the cap removed is counted, record for record.
-    kept = [r for r in await kept_in_storage(trail.store) if r.get("path") != "/api/ops/export"]  # not this one
+    # The export is everything storage kept, merged by time; what the cap removed is counted, one by one.
+    kept = [r for r in await kept_in_storage(trail.store)
+            if r.get("path") != "/api/ops/export"]  # the export's own record comes after it
     assert sorted(r["event_id"] for r in records) == sorted(r["event_id"] for r in kept)
     assert [r["time"] for r in records] == sorted(r["time"] for r in records)
     kept_failures = sum(1 for r in kept if r.get("action") == "auth_failed")
@@ -104,10 +106,8 @@ async def test_a_flood_of_failed_admin_logins_leaves_the_rare_events_in_the_expo
 
 
 async def test_the_directory_cap_deletes_the_oldest_flood_files_first(tmp_path: Path) -> None:
-    """A 429 flood over many writes: the directory never passes the cap; the rare records written first stay."""
-    from gateway.audit import Batch
-    from gateway.policy.model import Audit
-
+    """A 429 flood over many writes: the directory never passes the cap; the rare record written first stays.
+    """
     store = FileStore(tmp_path, Audit.model_validate({"max_total_bytes": CAP_BYTES}))
     now = time.time()
     rare = b'{"time":"%s","type":"policy_reload","result":"success"}' % iso(now).encode()
@@ -130,15 +130,12 @@ async def test_the_directory_cap_deletes_the_oldest_flood_files_first(tmp_path: 
 
 async def test_redis_flood_streams_are_separate_and_counted(redis_url: str) -> None:
     """auth_failed records do not share a stream with rare ones; the cap's trims are counted."""
-    from gateway.audit import Batch
-    from gateway.policy.model import Audit
-
     key = f"test-{uuid.uuid4().hex}:audit"
     store = RedisStore(redis_url, key, Audit(max_events=100), timeout=1.0)
     now = time.time()
     await store.append(Batch.of([b'{"time":"%s","type":"admin_action","action":"breaker.open"}'
                                  % iso(now).encode()]))
-    for i in range(10):
+    for _ in range(10):
         await store.append(Batch.of(
             [b'{"time":"%s","type":"admin_action","action":"auth_failed","n":%d}' % (iso(now + 1).encode(), j)
              for j in range(100)], stream="auth_failed"))

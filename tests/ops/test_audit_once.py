@@ -1,5 +1,5 @@
-"""Audit events are written once: a stalled Redis (stopped with SIGSTOP, for real) makes the writer time out and
-retry while the first attempts still land when Redis wakes; each event is stored once all the same, and a
+"""Audit events are written once: a stalled Redis (stopped with SIGSTOP, for real) makes the writer time out
+and retry while the first attempts still land when Redis wakes; each event is stored once all the same, and a
 shutdown in the middle of the stall counts as lost only what is in fact missing."""
 
 from __future__ import annotations
@@ -46,7 +46,7 @@ def hit(i: int) -> Event:
 
 async def stored(url: str, key: str) -> list[dict[str, object]]:
     """The stream's records once Redis has run whatever the writer's connections held: the trail is closed,
-    so when our connection is the only one left, every attempt sent during the stall has run (or never will)."""
+    so when our connection is the only one left, every attempt sent in the stall has run (or never will)."""
     client = aioredis.Redis.from_url(url)
     try:
         deadline = time.monotonic() + 10
@@ -103,7 +103,7 @@ async def test_shutdown_in_a_stall_counts_as_lost_only_what_is_missing(
     assert trail.drops["shutdown"] == 5 and trail.unconfirmed == 20 and trail.written == 0
     private_redis.thaw()
     records = await stored(private_redis.url, f"{trail.store.key}:rate_limit_hit")  # type: ignore[attr-defined]
-    assert sorted(r["n"] for r in records) == list(range(20))  # the unconfirmed did land, once; the lost did not
+    assert sorted(r["n"] for r in records) == list(range(20))  # unconfirmed: landed, once; lost: absent
 
 
 async def test_shutdown_as_a_stall_ends_counts_what_landed_as_written(
