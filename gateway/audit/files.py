@@ -59,6 +59,7 @@ class FileStore:
     """JSON-lines segments in one directory, one series per stream. Append-only, fsynced per batch."""
 
     kind = "file"
+    failure_is_final = True  # a failed append is cut back, and retries skip what is stored
 
     def __init__(self, directory: Path, settings: Audit, clock: Callable[[], float] = time.time) -> None:
         self.directory = directory

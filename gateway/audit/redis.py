@@ -43,6 +43,7 @@ class RedisStore:
     """Redis Streams; every write is idempotent per (writer, stream, seq)."""
 
     kind = "redis"
+    failure_is_final = False  # a call that timed out may still run when a stalled Redis wakes
 
     def __init__(
         self, url: str, key: str, settings: Audit, timeout: float, clock: Callable[[], float] = time.time,

@@ -44,6 +44,9 @@ class Store(Protocol):
 
     kind: str
     evicted: int  # records the size/count cap removed before max_age
+    # Whether a failed append surely stored nothing of what failed (files: yes; Redis: a call that timed
+    # out may still run).
+    failure_is_final: bool
 
     async def append(self, batch: Batch) -> None: ...
 
@@ -199,7 +202,7 @@ class AuditTrail:
         What is left then: events never sent are counted as dropped ("shutdown"). The batch whose write was
         cut short may have landed (a stalled Redis runs it when it wakes): it gets one last try of at most
         FINAL_ATTEMPT s, which cannot store it twice. Stored then, it counts as written; if that fails too,
-        as unconfirmed when an earlier attempt was sent (it may be stored), else as dropped."""
+        as unconfirmed when an earlier attempt may have landed all the same (Redis), else as dropped."""
         self._closing = True
         self._wake.set()
         if self._task is not None and not self._task.done():
@@ -222,7 +225,7 @@ class AuditTrail:
                 async with asyncio.timeout(FINAL_ATTEMPT):
                     await self.store.append(batch)
             except Exception as exc:
-                if self._attempted:
+                if self._attempted and not self.store.failure_is_final:
                     self.unconfirmed += len(batch)
                     self._settled += len(batch)
                 else:

@@ -346,15 +346,15 @@ async def export(request: web.Request) -> web.StreamResponse:
     audit = gateway.audit
     if "audit" in spec.entities and audit is not None:
         # An export that may be missing events must say so: 503 with the reason, never a short 200.
+        reason = await audit.problem()
+        if reason is not None:
+            return problem(503, "audit_unavailable", f"the audit trail is not recording: {reason}")
         if not await audit.store.ping():
             return problem(503, "audit_unavailable",
                            f"the audit store ({audit.store.kind}) cannot be read now")
         if not await audit.flush(within=2.0):  # what was emitted before this call is in the answer
             reason = await audit.problem() or f"{audit.queued} events are still waiting to be written"
             return problem(503, "audit_unavailable", f"the audit trail is incomplete: {reason}")
-        reason = await audit.problem()
-        if reason is not None:
-            return problem(503, "audit_unavailable", f"the audit trail is not recording: {reason}")
     response = web.StreamResponse(headers={"Content-Type": FORMATS[spec.format], "Cache-Control": "no-store"})
     if spec.format == "csv":
         response.headers["Content-Disposition"] = f'attachment; filename="{spec.entities[0]}.csv"'
