@@ -14,9 +14,10 @@ import orjson
 import pytest
 import redis.asyncio as aioredis
 
-from gateway.audit import AuditTrail, RedisStore
+from gateway.audit import AuditTrail, Batch, Entry, RedisStore, encode, stream_of
 from gateway.events import Event
 from gateway.policy.model import Audit
+from tests.ratelimit.conftest import start_cluster, stop_cluster
 from tests.support.redis import RedisProcess
 
 
@@ -122,3 +123,26 @@ async def test_shutdown_as_a_stall_ends_counts_what_landed_as_written(
     assert trail.written == 20 and trail.dropped == 0 and trail.unconfirmed == 0
     records = await stored(private_redis.url, f"{trail.store.key}:rate_limit_hit")  # type: ignore[attr-defined]
     assert sorted(r["n"] for r in records) == list(range(20))
+
+
+async def test_on_a_real_cluster_a_repeated_batch_is_stored_once_and_the_streams_merge() -> None:
+    """Each stream and its writer marks share a slot (the script may only touch one); streams may sit on
+    different nodes; the same batch sent twice is stored once; export order is time order across them."""
+    servers = start_cluster()
+    try:
+        url = f"redis://127.0.0.1:{servers[0].port}/0"
+        store = RedisStore(url, "c:audit", Audit(), timeout=1.0, cluster=True)
+        trail = AuditTrail(store, queue_size=100)
+        now = time.time()
+        events = [Event("policy_reload", now, {"result": "success"}), hit(1),
+                  Event("admin_action", now + 2, {"action": "auth_failed", "client": "10.9.9.9"})]
+        batch = Batch(trail.writer, tuple(Entry(i + 1, stream_of(e), encode(e, f"{trail.writer}-{i + 1}"))
+                                          for i, e in enumerate(events)))
+        await store.append(batch)
+        await store.append(batch)  # a retry of a batch that did land
+        records = [r async for page in store.scan(now - 10, now + 10) for r in page]
+        assert [r["type"] for r in records] == ["policy_reload", "rate_limit_hit", "admin_action"]
+        assert [r["time"] for r in records] == sorted(r["time"] for r in records)
+        await store.close()
+    finally:
+        stop_cluster(servers)
