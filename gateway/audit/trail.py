@@ -225,7 +225,10 @@ class AuditTrail:
                 async with asyncio.timeout(FINAL_ATTEMPT):
                     await self.store.append(batch)
             except Exception as exc:
-                if self._attempted and not self.store.failure_is_final:
+                # A try that ran out of time may still finish (a Redis call in a stalled server's buffer, a
+                # file write in its thread); with Redis, an earlier attempt that failed may have run as well.
+                maybe = isinstance(exc, TimeoutError) or (self._attempted and not self.store.failure_is_final)
+                if maybe:
                     self.unconfirmed += len(batch)
                     self._settled += len(batch)
                 else:
