@@ -12,6 +12,7 @@ out but landed adds no second copy. The entries the cap trims are counted (`evic
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import time
 from collections.abc import AsyncIterator, Callable
@@ -21,6 +22,8 @@ from typing import Any
 import orjson
 import redis.asyncio as aioredis
 from redis.asyncio.cluster import RedisCluster
+from redis.asyncio.retry import Retry
+from redis.backoff import NoBackoff
 from redis.exceptions import NoScriptError
 
 from gateway.audit.record import MAIN, PAGE, SLACK, STREAMS, Batch, Record, in_range, iso, merge
@@ -57,13 +60,15 @@ class RedisStore:
         self._clock = clock
         # Audit writes are off the request path: a more patient timeout than the rate limiter's is fine.
         self.timeout = max(timeout, 1.0)
+        # No retries inside redis-py (its default is 10, with backoff): the trail retries a failed batch
+        # itself, so one attempt lasts one timeout and health and shutdown can say what happened.
+        options: dict[str, Any] = {"socket_timeout": self.timeout, "socket_connect_timeout": self.timeout,
+                                   "retry": Retry(NoBackoff(), 0)}
         self.redis: Any
         if cluster:  # the cluster client sends each stream's commands to the node holding it
-            self.redis = RedisCluster.from_url(url, socket_timeout=self.timeout,
-                                               socket_connect_timeout=self.timeout)
+            self.redis = RedisCluster.from_url(url, **options)
         else:
-            self.redis = aioredis.Redis.from_url(url, socket_timeout=self.timeout,
-                                                 socket_connect_timeout=self.timeout)
+            self.redis = aioredis.Redis.from_url(url, **options)
         self._trimmed_at = 0.0
         self.evicted = 0  # entries trimmed by the max_events cap
 
@@ -141,14 +146,16 @@ class RedisStore:
         """Why records cannot be written now (Redis unreachable, or refusing writes: out of memory under
         noeviction, too few replicas, read-only), or None. One small write with a short life."""
         try:
-            await self.redis.set(same_slot(self.key, ":probe"), orjson.dumps(self._clock()), px=60_000)
+            async with asyncio.timeout(self.timeout):
+                await self.redis.set(same_slot(self.key, ":probe"), orjson.dumps(self._clock()), px=60_000)
         except Exception as exc:
             return f"Redis refuses audit writes: {str(exc) or type(exc).__name__}"
         return None
 
     async def ping(self) -> bool:
         try:
-            return bool(await self.redis.ping())
+            async with asyncio.timeout(self.timeout):
+                return bool(await self.redis.ping())
         except Exception:
             return False
 
