@@ -50,8 +50,13 @@ class Overrides:
             self._apply(values)
 
     async def _poll(self) -> None:
+        task = asyncio.current_task()
         while True:
             await self.refresh()
+            if task is not None and task.cancelling():
+                # close() cancelled us mid-read and the read turned that into a store error (redis-py and
+                # asyncio.timeout can): without this the loop slept on and close() waited for ever.
+                raise asyncio.CancelledError
             await asyncio.sleep(self._refresh)
 
     def start(self) -> None:
