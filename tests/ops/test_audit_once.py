@@ -7,7 +7,7 @@ from __future__ import annotations
 import asyncio
 import time
 import uuid
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import orjson
@@ -19,6 +19,7 @@ from gateway.events import Event
 from gateway.policy.model import Audit
 from tests.ratelimit.conftest import start_cluster, stop_cluster
 from tests.support.redis import RedisProcess
+from tests.support.wait import until
 
 
 def stopped(server: RedisProcess) -> bool:
@@ -27,17 +28,9 @@ def stopped(server: RedisProcess) -> bool:
     return state == "T"
 
 
-async def until(condition: Callable[[], bool], within: float = 10.0) -> None:
-    """Wait for a condition the test cannot be told about by an event (another process's state)."""
-    deadline = time.monotonic() + within
-    while not condition():
-        assert time.monotonic() < deadline, "condition not reached in time"
-        await asyncio.sleep(0.01)
-
-
 async def freeze(server: RedisProcess) -> None:
     server.freeze()
-    await until(lambda: stopped(server))
+    await until(lambda: stopped(server), what="redis-server stopped")
 
 
 def hit(i: int) -> Event:
@@ -80,7 +73,7 @@ async def test_retries_during_a_stall_store_each_event_once(
     await freeze(private_redis)
     for i in range(20):
         trail(hit(i))
-    await until(lambda: trail.write_errors >= 2)  # two attempts sent and timed out; a third is on its way
+    await until(lambda: trail.write_errors >= 2, within=10)  # two attempts sent and timed out
     private_redis.thaw()  # every attempt in the sockets' buffers now runs
     assert await trail.flush(within=10)
     await trail.close()
@@ -97,7 +90,7 @@ async def test_shutdown_in_a_stall_counts_as_lost_only_what_is_missing(
     await freeze(private_redis)
     for i in range(20):
         trail(hit(i))
-    await until(lambda: trail.write_errors >= 1)  # the batch of 20 was sent at least once
+    await until(lambda: trail.write_errors >= 1, within=10)  # the batch of 20 was sent at least once
     for i in range(20, 25):
         trail(hit(i))  # queued behind it: never sent
     await trail.close(within=0.2)  # Redis still stopped: the last try fails too
@@ -113,11 +106,11 @@ async def test_shutdown_as_a_stall_ends_counts_what_landed_as_written(
     await freeze(private_redis)
     for i in range(20):
         trail(hit(i))
-    await until(lambda: trail.write_errors >= 1)
+    await until(lambda: trail.write_errors >= 1, within=10)
     closing = asyncio.create_task(trail.close(within=0.2))
     task = trail._task
     assert task is not None
-    await until(task.done)  # the writer was given up on: close() is making its last try
+    await until(task.done, within=10)  # the writer was given up on: close() is making its last try
     private_redis.thaw()
     await closing
     assert trail.written == 20 and trail.dropped == 0 and trail.unconfirmed == 0
