@@ -9,7 +9,6 @@ labels, annotations, startsAt and, once the breaker closes, endsAt (the alert is
 from __future__ import annotations
 
 import asyncio
-import contextlib
 from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any
@@ -19,6 +18,7 @@ import orjson
 
 from gateway.events import Event
 from gateway.logs import get_logger
+from gateway.tasks import stop
 
 log = get_logger("gateway.alerts")
 
@@ -103,10 +103,7 @@ class AlertWebhook:
 
     async def close(self) -> None:
         """Stop the delivery task (alerts still queued are dropped) and close the session."""
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+        await stop((self._task,))
         if self._session is not None:
             await self._session.close()
 

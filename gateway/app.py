@@ -16,6 +16,7 @@ from gateway.events import Event, Events
 from gateway.logs import get_logger
 from gateway.metrics import GatewayMetrics
 from gateway.ops import breakers as breaker_ops
+from gateway.ops import console as console_ops
 from gateway.ops import export as export_ops
 from gateway.ops import health as health_ops
 from gateway.ops import metrics as metrics_ops
@@ -178,6 +179,7 @@ def build_app(
     health_ops.add_routes(app)
     export_ops.add_routes(app)
     metrics_ops.add_routes(app)
+    console_ops.add_routes(app)
     # Last: the proxy, with CORS if configured, and before it a JSON 404/405 for the rest of /api/ops/.
     add_proxy_route(app, pipeline.handle, loaded.policy.cors)
     return app

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from collections.abc import Callable
 
 from gateway.policy.loader import LoadedPolicy, PolicyError, load_policy
 from gateway.policy.model import Policy
@@ -114,9 +115,24 @@ def cmd_serve(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_perf(args: argparse.Namespace) -> int:
-    from gateway.perf.cli import main as perf_main
+PERF_MISSING = (
+    "gateway perf: the load tooling (the `perf` package) is not installed; it is an optional extra of a"
+    " source checkout: pip install -e '.[perf]' (or make perf SCENARIO=NAME), run from the repository root"
+)
 
+
+def cmd_perf(args: argparse.Namespace) -> int:
+    """Hand over to the optional load tooling, found by its entry point: gateway never imports perf."""
+    from importlib.metadata import entry_points
+
+    try:
+        perf_main: Callable[[list[str]], int] = next(
+            iter(entry_points(group="gateway.commands", name="perf"))
+        ).load()
+    except (StopIteration, ModuleNotFoundError) as exc:  # the Docker image, a wheel built without perf/
+        missing = f" (no module named {exc.name!r})" if isinstance(exc, ModuleNotFoundError) else ""
+        print(PERF_MISSING + missing, file=sys.stderr)
+        return 2
     return perf_main(args.perf_args)
 
 
@@ -147,13 +163,13 @@ def main(argv: list[str] | None = None) -> int:
     alerts.add_argument("file")
     alerts.add_argument("--grafana", action="store_true", help="print the Grafana dashboard JSON instead")
     alerts.set_defaults(func=cmd_alerts)
-    # Load runs (gateway/perf): everything after `perf` is that module's own command line.
+    # Load runs (the optional `perf` package): everything after `perf` is that package's own command line.
     perf = sub.add_parser(
         "perf",
         help="load runs judged against the SLOs: perf run|verdict|attack",
         add_help=False,
         prefix_chars="\0",
-    )  # every option (-h too) goes to gateway.perf
+    )  # every option (-h too) goes to perf.cli
     perf.add_argument("perf_args", nargs=argparse.REMAINDER)
     perf.set_defaults(func=cmd_perf)
     args = parser.parse_args(argv)

@@ -18,6 +18,10 @@ Each use, why, and what to do when it breaks:
   completed a request head. If it breaks: wrap the server's public `request_factory` (called once per request)
   and count there.
 
+- `RequestHandler._task_handler` (`handler_task`): at shutdown the handler still running is cancelled at the
+  drain timeout (aiohttp waits the timeout twice over). If it breaks: cancel the handler's task from the
+  request handler itself (`asyncio.current_task()` kept per connection).
+
 - `aiohttp._http_parser` (`c_parser_in_use`): `gateway serve` refuses to run on the pure-Python HTTP parser
   (most past request-smuggling advisories were in it). If it breaks (the C parser module renamed), serve
   refuses to start, loudly: find the new module name of the C `HttpRequestParser`.
@@ -27,6 +31,7 @@ aiohttp-cors is not used (docs/design-notes.md, "Why no aiohttp-cors"): it neede
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -91,6 +96,11 @@ class HandlerRunner(web.AppRunner):
 def requests_parsed(handler: RequestHandler) -> int:
     """Request heads parsed on this connection so far (a malformed one included)."""
     return handler._request_count
+
+
+def handler_task(handler: RequestHandler) -> asyncio.Task[None] | None:
+    """The task serving this connection's requests (None once it ended)."""
+    return handler._task_handler
 
 
 def c_parser_in_use() -> bool:

@@ -266,6 +266,16 @@ class _GatewayCollector(Collector):
             yield CounterMetricFamily(f"gateway_audit_events_{key}", doc, value=stats.get(key, 0))
         yield GaugeMetricFamily("gateway_audit_queue_events", "Audit events waiting to be written.",
                                 value=stats.get("queued", 0))
+        dropped = CounterMetricFamily(
+            "gateway_audit_dropped", "Audit events lost, by reason: queue_full, closed, shutdown (never"
+            " stored), cap (deleted by audit.max_total_bytes or audit.max_events before audit.max_age).",
+            labels=["reason"])
+        for reason, count in sorted(stats.get("dropped_by_reason", {}).items()):
+            dropped.add_metric([reason], count)
+        yield dropped
+        yield CounterMetricFamily("gateway_audit_events_unconfirmed", "Audit events whose write shutdown cut"
+                                  " short and storage could not confirm: maybe stored.",
+                                  value=stats.get("unconfirmed", 0))
 
     def _slo(self, slo: SloRecorder) -> Iterator[Metric]:
         duration = HistogramMetricFamily(

@@ -283,7 +283,8 @@ class Pipeline:
                 return await self._tunnel(exchange, route)
             return await self._proxy(exchange, route)
         finally:
-            client.done()
+            if exchange.handshake_done is None:  # (a tunnel gave its slot back once upgraded)
+                client.done()
             if exchange.permit is not None:
                 exchange.permit.release()  # no-op once recorded; frees a probe slot when no verdict came
 
@@ -353,7 +354,14 @@ class Pipeline:
             attempts = retry.attempts
             if request.body_exists:
                 await send_continue(request)
-                body = await request.read()  # known length <= MAX_REPLAY_BODY: buffered to be sent again
+                try:  # known length <= MAX_REPLAY_BODY: buffered to be sent again, within the route's timeout
+                    async with asyncio.timeout(route.timeout):  # (a body never sent held a slot for ever)
+                        body = await request.read()
+                except TimeoutError:
+                    refused = self._refuse(exchange, 408, "client_timeout", route=route.name,
+                                           detail="the client did not send its request body in time")
+                    refused.force_close()
+                    return refused
         if request.body_exists:
             await send_continue(request)  # admitted: only now may a client waiting on 100-continue send
             if body is None:
@@ -425,7 +433,10 @@ class Pipeline:
         client = route.client
         headers = self._upstream_headers(exchange, route)  # (Connection and Upgrade are hop-by-hop: dropped)
         headers["Connection"] = "Upgrade"
-        headers["Upgrade"] = request.headers["Upgrade"]
+        # The one protocol the route allows, not the client's whole list: offered `websocket, h2c`, an
+        # upstream that speaks h2c could pick it, and every request inside that HTTP/2 connection would
+        # bypass the gateway (h2c smuggling).
+        headers["Upgrade"] = request.headers["Upgrade"].split(",")[0].strip()
         prior_via = request.headers.getall("Via", ())
         headers["Via"] = ", ".join((*prior_via, _VIA)) if prior_via else _VIA
         base_path = URL(client.base).raw_path.rstrip("/")
@@ -441,6 +452,12 @@ class Pipeline:
                                 upstream=client.name, detail=exc.detail)
         outcome.upstream_status = shake.status
         outcome.upstream_duration = _clock() - sent_at
+        if shake.status == 101 and shake.headers.get("Upgrade", "").strip().lower() != exchange.upgrade:
+            shake.writer.close()
+            if permit is not None:
+                permit.record_outcome(None, "protocol", _clock() - sent_at)
+            return self._refuse(exchange, 502, "protocol", route=route.name, upstream=client.name,
+                                detail="the upstream switched to a protocol that was not asked for")
         if permit is not None:  # the handshake is the call the breaker judges, not the tunnel's lifetime
             permit.record_outcome(shake.status, None, _clock() - sent_at)
         answer = answer_headers(shake.headers, _TUNNEL_SKIP)
@@ -450,11 +467,12 @@ class Pipeline:
         if shake.status != 101:  # refused upstream: relayed as an ordinary answer
             return web.Response(status=shake.status, reason=shake.reason, headers=answer, body=shake.body)
         answer["Connection"] = "Upgrade"
-        answer["Upgrade"] = shake.headers.get("Upgrade", request.headers["Upgrade"])
+        answer["Upgrade"] = shake.headers["Upgrade"]
         response = web.StreamResponse(status=101, reason=shake.reason, headers=answer)
         response.force_close()  # after the tunnel, the connection is done
         await response.prepare(request)
         exchange.handshake_done = _clock()
+        client.done()  # upgraded: no longer a request in flight (max_requests); open tunnels held every slot
         settings = exchange.runtime.policy.server
         tunnel = Tunnel(request, shake, self._tunnels, idle=settings.tunnel_idle_timeout,
                         longest=settings.tunnel_max_duration)

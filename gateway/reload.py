@@ -35,6 +35,7 @@ from gateway.policy.loader import LoadedPolicy, PolicyError, Problem, load_polic
 from gateway.policy.model import Policy
 from gateway.policy.watcher import DEFAULT_INTERVAL, PolicyWatcher, content_version
 from gateway.runtime import Resource, Runtime
+from gateway.tasks import stop
 
 log = get_logger("gateway.reload")
 
@@ -292,13 +293,9 @@ class Reloader:
         if self._watcher is not None:
             await self._watcher.close()
             self._watcher = None
-        for reload in self._triggered:
-            reload.cancel()
-        await asyncio.gather(*self._triggered, return_exceptions=True)
+        await stop(self._triggered)
         pending = [(task, objects) for task, objects in self._retiring.items() if not task.done()]
-        for task, _ in pending:
-            task.cancel()
-        await asyncio.gather(*(task for task, _ in pending), return_exceptions=True)
+        await stop(task for task, _ in pending)
         await close_all(obj for _, objects in pending for obj in objects)
 
     def _install_sighup(self) -> None:

@@ -56,6 +56,8 @@ class CompiledRoute:
             address = ipaddress.ip_address(ip)
         except ValueError:
             return False  # "unknown" (no peer address) is no source network
+        if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
+            address = address.ipv4_mapped  # a dual-stack listener sees IPv4 clients as ::ffff:a.b.c.d
         return any(address in net for net in self.allow_from)
 
 

@@ -22,7 +22,7 @@ from aiohttp.http_exceptions import BadHttpMessage, LineTooLong
 from aiohttp.web_protocol import RequestHandler
 from aiohttp.web_request import BaseRequest
 
-from gateway.compat import HandlerRunner, requests_parsed
+from gateway.compat import HandlerRunner, handler_task, requests_parsed
 from gateway.logs import flush_access_log, get_logger
 from gateway.policy.model import Server as ServerSettings
 from gateway.tls import Certificate
@@ -115,6 +115,24 @@ class GatewayRequestHandler(RequestHandler):
         self._header_timer: asyncio.TimerHandle | None = None
         self._write_timer: asyncio.TimerHandle | None = None
         self.stalled = False  # set when the write deadline cut the connection: the client's fault
+
+    async def shutdown(self, timeout: float | None = 15.0) -> None:  # noqa: ASYNC109 (aiohttp's signature)
+        """Drain: the handler still running at `timeout` is cancelled then. (aiohttp waits `timeout`, then
+        cancels only the request's body and waits `timeout` again: a handler reading no body, a tunnel or a
+        slow upstream call, got twice server.drain_timeout, past a supervisor's kill deadline.)"""
+        cutoff = None
+        if timeout is not None:
+            cutoff = asyncio.get_running_loop().call_later(timeout, self._cancel_handler)
+        try:
+            await super().shutdown(timeout)
+        finally:
+            if cutoff is not None:
+                cutoff.cancel()
+
+    def _cancel_handler(self) -> None:
+        task = handler_task(self)
+        if task is not None and not task.done():
+            task.cancel()
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         if len(self._server.connections) >= self._limits.max_connections:
@@ -249,11 +267,18 @@ async def serve(
     loop = asyncio.get_running_loop()
     runner = GatewayRunner(app, limits=limits, shutdown_timeout=drain_timeout, **runner_kwargs)
     await runner.setup()
-    site = web.TCPSite(
-        runner, host, port, reuse_port=reuse_port, backlog=1024,
-        ssl_context=certificate.context if certificate is not None else None,
-    )
-    await site.start()
+    tls_listener: asyncio.Server | None = None
+    if certificate is None:
+        await web.TCPSite(runner, host, port, reuse_port=reuse_port, backlog=1024).start()
+    else:
+        # Not a TCPSite: it takes no handshake deadline, and asyncio's default lets a client that never
+        # finishes its TLS handshake hold a socket for 60 s, unseen by the header deadline and max_connections
+        # (the connection handler only hears of a connection once its handshake is done).
+        assert runner.server is not None
+        tls_listener = await loop.create_server(
+            runner.server, host, port, ssl=certificate.context, ssl_handshake_timeout=limits.header_timeout,
+            reuse_port=reuse_port, backlog=1024,
+        )
     log.info("listening", host=host, port=port, tls=certificate is not None)
     watch: asyncio.Task[None] | None = None
     if certificate is not None:
@@ -283,6 +308,8 @@ async def serve(
         # (audit flush, pool close). The signal handlers stay: a second signal exits at once.
         if watch is not None:
             watch.cancel()
+        if tls_listener is not None:
+            tls_listener.close()  # (runner.cleanup stops its own sites; this one is ours)
         await runner.cleanup()
         flush_access_log()
         for signum in (signal.SIGTERM, signal.SIGINT):

@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import os
 import ssl
+import tempfile
 from pathlib import Path
 
 from gateway.logs import get_logger
@@ -79,8 +80,19 @@ class Certificate:
             return False
         self._stamp = stamp
         try:
-            _context(self.cert_file, self.key_file, self.min_version)  # scratch: proves the pair loads
-            _load(self.context, self.cert_file, self.key_file)
+            # One copy of the pair, read once: the files may change again between the two loads below.
+            with tempfile.TemporaryDirectory(prefix="gateway-tls-") as scratch:
+                cert, key = Path(scratch) / "cert.pem", Path(scratch) / "key.pem"
+                key.touch(mode=0o600)
+                key.write_bytes(self.key_file.read_bytes())
+                cert.write_bytes(self.cert_file.read_bytes())
+                _context(cert, key, self.min_version)  # scratch context: proves the pair loads
+                _load(self.context, cert, key)
+        except OSError as exc:
+            self.errors += 1
+            log.error("tls_reload_failed", error=f"cannot read {exc.filename}: {exc.strerror}",
+                      detail="the previous certificate keeps serving")
+            return False
         except TlsError as exc:
             self.errors += 1
             log.error("tls_reload_failed", error=str(exc), detail="the previous certificate keeps serving")

@@ -23,6 +23,7 @@ from aiohttp import web
 from multidict import CIMultiDict
 from yarl import URL
 
+from gateway.server import GatewayRequestHandler
 from gateway.upstream.errors import UpstreamError
 from gateway.upstream.pool import request_head
 
@@ -67,13 +68,24 @@ class _Answer:
     """httptools callbacks for the upstream's answer to the handshake."""
 
     def __init__(self) -> None:
+        self.parser: httptools.HttpResponseParser | None = None
         self.headers: CIMultiDict[str] = CIMultiDict()
         self.reason = ""
         self.body = bytearray()
         self.head_done = False
         self.complete = False
+        self._interim = False
 
     def on_headers_complete(self) -> None:
+        assert self.parser is not None
+        status = self.parser.get_status_code()
+        if 100 <= status < 200 and status != 101:
+            # 100 Continue, 103 Early Hints: interim, the final answer follows (taken for the answer, a 103
+            # was relayed as the response and the client left hanging)
+            self._interim = True
+            self.headers = CIMultiDict()
+            self.reason = ""
+            return
         self.head_done = True
 
     def on_status(self, status: bytes) -> None:
@@ -88,6 +100,9 @@ class _Answer:
         self.body += body
 
     def on_message_complete(self) -> None:
+        if self._interim:
+            self._interim = False
+            return
         self.complete = True
 
 
@@ -115,8 +130,9 @@ async def handshake(
         head = request_head(method, target, headers)
     except UpstreamError as exc:
         raise HandshakeError(exc.kind, exc.detail) from None
+    expires = asyncio.get_running_loop().time() + deadline  # one deadline: connect and answer together
     try:
-        async with asyncio.timeout(deadline):
+        async with asyncio.timeout_at(expires):
             reader, writer = await asyncio.open_connection(
                 url.host, url.port, ssl=context, server_hostname=url.host if context else None,
                 limit=READ_SIZE,
@@ -128,9 +144,9 @@ async def handshake(
     try:
         writer.write(head)
         answer = _Answer()
-        parser = httptools.HttpResponseParser(answer)
+        parser = answer.parser = httptools.HttpResponseParser(answer)
         seen = 0
-        async with asyncio.timeout(deadline):
+        async with asyncio.timeout_at(expires):
             while not answer.complete:
                 data = await reader.read(READ_SIZE)
                 if not data:
@@ -288,6 +304,8 @@ class Tunnel:
         finally:
             if reason == "cancelled" and self.client_done.is_set():
                 reason = "client_closed"  # (aiohttp cancels the handler as the client's connection goes)
+            if reason == "client_closed" and isinstance(protocol, GatewayRequestHandler) and protocol.stalled:
+                reason = "client_stalled"  # cut off by the write deadline: it read nothing for write_timeout
             self.ended = reason
             for task in (pump, client_gone):
                 task.cancel()

@@ -1,5 +1,5 @@
 """The gateway's overhead, measured (a benchmark, not a test): `make bench`, or
-`python perf/bench_overhead.py [--duration 10] [--connections 32] [--json FILE]`.
+`python -m perf.bench_overhead [--duration 10] [--connections 32] [--json FILE]`.
 
 In one process tree, against the same fast static upstream (nginx serving a small static file when nginx is
 installed, else a tiny aiohttp app), with the same load tool (wrk, else hey) and the same connections and
@@ -38,12 +38,11 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
+from perf.local import free_port, redis_command
+from perf.results import read_results
+from perf.verdict import percentile
 
-from gateway.perf.local import free_port, redis_command  # noqa: E402
-from gateway.perf.results import read_results  # noqa: E402
-from gateway.perf.verdict import percentile  # noqa: E402
+REPO = Path(__file__).resolve().parents[1]
 
 BODY = b'{"sign": "leo", "text": "A fixed, small answer from a fast static upstream."}\n'
 USER = "bench-user-1"

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from contextlib import AsyncExitStack
 from pathlib import Path
 from typing import Any
 
@@ -15,7 +17,7 @@ from gateway.logs import configure
 from gateway.policy.loader import load_policy
 from gateway.server import ConnectionLimits, GatewayRunner
 from tests.support.redis import RedisProcess, shared_redis_url, start_redis
-from tests.support.upstream import recording_app
+from tests.support.upstream import recording_app, serving
 
 configure("warning")
 
@@ -31,7 +33,15 @@ class GatewayTestServer(TestServer):
         return GatewayRunner(self.app, limits=self._limits, **kwargs)
 
 
-GatewayFactory = Callable[..., Awaitable[TestClient[web.Request, web.Application]]]
+Client = TestClient[web.Request, web.Application]
+GatewayFactory = Callable[..., Awaitable[Client]]
+
+
+def open_connections(client: Client) -> int:
+    """How many client connections the running gateway holds (what `server.max_connections` counts)."""
+    runner = client.server.runner
+    assert runner is not None and runner.server is not None
+    return len(runner.server.connections)
 
 
 @pytest.fixture(scope="session")
@@ -54,59 +64,66 @@ def private_redis() -> Iterator[RedisProcess]:
 @pytest.fixture
 async def upstream() -> AsyncIterator[TestServer]:
     """The recording upstream on a loopback port."""
-    server = TestServer(recording_app())
-    await server.start_server()
-    yield server
-    await server.close()
+    async with serving(recording_app()) as server:
+        yield server
+
+
+GatewayOnFile = Callable[..., Awaitable[Client]]
 
 
 @pytest.fixture
-async def make_gateway(tmp_path: Path) -> AsyncIterator[GatewayFactory]:
+async def gateway_on_file() -> AsyncIterator[GatewayOnFile]:
+    """Start the gateway on a policy file, as `gateway serve` runs it (`**build` goes to build_app); every
+    gateway started is closed at teardown."""
+    async with AsyncExitStack() as started:
+
+        async def start(path: Path, **build: Any) -> Client:
+            loaded = load_policy(path)
+            app = build_app(loaded, **build)
+            client = TestClient(GatewayTestServer(app, ConnectionLimits.from_policy(loaded.policy.server)))
+            await client.start_server()
+            started.push_async_callback(client.close)
+            return client
+
+        yield start
+
+
+def write_policy(path: Path, policy_text: str, fields: dict[str, Any]) -> Path:
+    """Write policy text, its str.format fields filled when there are any."""
+    path.write_text(policy_text.format(**fields) if fields else policy_text)
+    return path
+
+
+@pytest.fixture
+def make_gateway(tmp_path: Path, gateway_on_file: GatewayOnFile) -> GatewayFactory:
     """Build and start the gateway from policy text (str.format fields filled from **fields)."""
-    clients: list[TestClient[web.Request, web.Application]] = []
+    names = itertools.count()
 
-    async def factory(
-        policy_text: str, *, clock: Callable[[], float] | None = None, **fields: Any
-    ) -> TestClient[web.Request, web.Application]:
-        path = tmp_path / f"policy{len(clients)}.yaml"
-        path.write_text(policy_text.format(**fields) if fields else policy_text)
-        loaded = load_policy(path)
-        app = build_app(loaded, clock=clock) if clock is not None else build_app(loaded)
-        client = TestClient(GatewayTestServer(app, ConnectionLimits.from_policy(loaded.policy.server)))
-        await client.start_server()
-        clients.append(client)
-        return client
+    async def factory(policy_text: str, *, clock: Callable[[], float] | None = None, **fields: Any) -> Client:
+        path = write_policy(tmp_path / f"policy{next(names)}.yaml", policy_text, fields)
+        return await gateway_on_file(path, **({"clock": clock} if clock is not None else {}))
 
-    yield factory
-    for client in clients:
-        await client.close()
+    return factory
 
 
-FileGatewayFactory = Callable[..., Awaitable[tuple[TestClient[web.Request, web.Application], Path]]]
+FileGatewayFactory = Callable[..., Awaitable[tuple[Client, Path]]]
 
 
 @pytest.fixture
-async def make_gateway_file(tmp_path: Path) -> AsyncIterator[FileGatewayFactory]:
+def make_gateway_file(tmp_path: Path, gateway_on_file: GatewayOnFile) -> FileGatewayFactory:
     """Like make_gateway, but returns (client, policy path) so a test can rewrite the running policy file.
 
     `policy_text=None` with `path=` runs a file the test laid out itself (a symlink, a ConfigMap directory);
     `watch=False` turns the file watcher off.
     """
-    clients: list[TestClient[web.Request, web.Application]] = []
+    names = itertools.count()
 
     async def factory(
         policy_text: str | None = None, *, path: Path | None = None, watch: bool = True, **fields: Any
-    ) -> tuple[TestClient[web.Request, web.Application], Path]:
-        path = path or tmp_path / f"watched{len(clients)}.yaml"
+    ) -> tuple[Client, Path]:
+        path = path or tmp_path / f"watched{next(names)}.yaml"
         if policy_text is not None:
-            path.write_text(policy_text.format(**fields) if fields else policy_text)
-        loaded = load_policy(path)
-        app = build_app(loaded, watch=watch)
-        client = TestClient(GatewayTestServer(app, ConnectionLimits.from_policy(loaded.policy.server)))
-        await client.start_server()
-        clients.append(client)
-        return client, path
+            write_policy(path, policy_text, fields)
+        return await gateway_on_file(path, watch=watch), path
 
-    yield factory
-    for client in clients:
-        await client.close()
+    return factory

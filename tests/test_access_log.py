@@ -12,6 +12,7 @@ from aiohttp.test_utils import TestServer
 
 from gateway.logs import configure, flush_access_log
 from tests.conftest import GatewayFactory
+from tests.support.upstream import base_url
 
 
 @pytest.fixture
@@ -35,7 +36,7 @@ async def test_one_json_line_per_request_with_the_documented_fields(
     gw = await make_gateway(
         'version: 1\nupstreams: {{app: {{url: "{url}"}}}}\n'
         'routes: [{{name: echo, match: "* /{{p:.*}}", upstream: app}}]\n',
-        url=str(upstream.make_url("")).rstrip("/"),
+        url=base_url(upstream),
     )
     for i in range(3):
         resp = await gw.get(f"/echo?i={i}", headers={"X-Request-Id": f"req-{i}"})

@@ -12,7 +12,13 @@ import pytest
 from aiohttp import web
 from aiohttp.web_protocol import RequestHandler
 
-from gateway.compat import HandlerRunner, OneWriteResponse, c_parser_in_use, requests_parsed
+from gateway.compat import (
+    HandlerRunner,
+    OneWriteResponse,
+    c_parser_in_use,
+    handler_task,
+    requests_parsed,
+)
 
 
 class Recording(RequestHandler):
@@ -49,8 +55,21 @@ async def served() -> AsyncIterator[tuple[int, dict[str, int]]]:
         await response.write_eof(b"done")
         return response
 
+    async def task(request: web.Request) -> web.Response:
+        assert isinstance(request.protocol, RequestHandler)
+        serving = handler_task(request.protocol)
+        assert serving is not None
+        asyncio.get_running_loop().call_soon(serving.cancel)
+        try:
+            await asyncio.sleep(10)
+        except asyncio.CancelledError:
+            seen["cancelled_with_the_task"] = 1
+            raise
+        return web.Response(text="not cancelled")
+
     app = web.Application()
     app.router.add_get("/one", one_write)
+    app.router.add_get("/task", task)
     app.router.add_get("/stream", streamed)
     Recording.made = []
     Recording.connected = asyncio.Event()
@@ -116,6 +135,18 @@ async def test_requests_parsed_counts_complete_request_heads(served: tuple[int, 
         assert requests_parsed(handler) == 1
     finally:
         writer.close()
+
+
+async def test_cancelling_the_handler_task_cancels_the_running_handler(
+    served: tuple[int, dict[str, int]],
+) -> None:
+    """RequestHandler._task_handler: at shutdown the server cancels a handler still running at the drain
+    timeout through it (aiohttp alone waits twice as long)."""
+    port, seen = served
+    async with aiohttp.ClientSession() as session:
+        with pytest.raises(aiohttp.ServerDisconnectedError):
+            await session.get(f"http://127.0.0.1:{port}/task")
+    assert seen["cancelled_with_the_task"] == 1
 
 
 def test_the_c_http_parser_is_found_by_its_module_name() -> None:

@@ -16,7 +16,7 @@ from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
 from yarl import URL
 
-from gateway.perf.local import free_port
+from perf.local import free_port
 from tests.conftest import GatewayFactory
 from tests.support.raw import raw_request
 from tests.support.upstream import RECORDER, pattern_bytes

@@ -59,3 +59,17 @@ def test_many_routes_each_found() -> None:
 )
 def test_normalize_path(raw: str, normal: str | None) -> None:
     assert normalize_path(raw) == normal
+
+
+def test_allow_from_matches_ipv4_clients_of_a_dual_stack_listener() -> None:
+    from gateway.policy.loader import parse_policy
+    from gateway.runtime import compile_route
+
+    policy = parse_policy(
+        "version: 1\nupstreams: {app: {url: 'http://127.0.0.1:9'}}\n"
+        "routes: [{name: e, match: 'GET /e', upstream: app, allow_from: [127.0.0.1/32]}]\n", "p.yaml"
+    )
+    route = compile_route(policy.routes[0], policy, {"app": None})  # type: ignore[dict-item]
+    assert route.allows("127.0.0.1") and route.allows("::ffff:127.0.0.1")
+    assert not route.allows("127.0.0.2") and not route.allows("::ffff:127.0.0.2") and not route.allows("::1")
+    assert not route.allows("unknown")

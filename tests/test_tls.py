@@ -70,7 +70,7 @@ def certs(tmp_path: Path) -> dict[str, tuple[Path, Path]]:
 async def test_tls_listener_serves_reloads_its_certificate_and_refuses_tls_1_1(
     tmp_path: Path, certs: dict[str, tuple[Path, Path]], upstream: TestServer
 ) -> None:
-    from gateway.perf.local import free_port
+    from perf.local import free_port
 
     install(tmp_path, *certs["first"])
     plain = free_port()
@@ -136,3 +136,29 @@ def test_a_bad_certificate_pair_is_a_clear_error_at_start(
     expected = "does not exist" if fault == "missing key" else "the key does not match the certificate"
     assert expected in run.stderr and "server.tls" in run.stderr, run.stderr
     assert "Traceback" not in run.stderr
+
+
+async def test_a_client_that_never_finishes_its_tls_handshake_is_cut_off_at_the_header_deadline(
+    tmp_path: Path, certs: dict[str, tuple[Path, Path]], upstream: TestServer
+) -> None:
+    """The handshake comes before the first request head: server.header_timeout covers it too (asyncio's own
+    default would hold the socket for 60 s, and the connection handler never hears of it)."""
+    install(tmp_path, *certs["first"])
+    policy = tmp_path / "policy.yaml"
+    policy.write_text(POLICY.format(url=str(upstream.make_url("")).rstrip("/"), plain="null").replace(
+        "server: {", "server: {header_timeout: 1s, "))
+    proc, port = await start_gateway(policy)
+    try:
+        silent = await asyncio.open_connection("127.0.0.1", port)  # connects, never says ClientHello
+        partial = await asyncio.open_connection("127.0.0.1", port)
+        partial[1].write(b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03")  # the first bytes of one, no more
+        started = asyncio.get_running_loop().time()
+        for reader, writer in (silent, partial):
+            assert await asyncio.wait_for(reader.read(), 15) == b""  # closed by the gateway
+            writer.close()
+        assert asyncio.get_running_loop().time() - started < 15
+        status, _ = await get(port, trusting(certs["first"][0]))  # and the listener still serves
+        assert status == 200
+    finally:
+        proc.terminate()
+        await asyncio.wait_for(proc.wait(), 10)

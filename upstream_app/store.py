@@ -150,10 +150,3 @@ class Store:
                 (intent_id, order_id, user_id, amount_cents, currency, created_at),
             )
         return created_at
-
-    def count_payment_intents(self, order_id: str) -> int:
-        """How many intents were recorded for ``order_id``."""
-        row = self._conn.execute(
-            "SELECT COUNT(*) FROM payment_intents WHERE order_id = ?", (order_id,)
-        ).fetchone()
-        return int(row[0])

@@ -133,10 +133,6 @@ class AdminAuth:
         self._resolver = ClientResolver(self._proxies)
         self.user_header = identity.user_header
 
-    @property
-    def has_tokens(self) -> bool:
-        return bool(self._tokens)
-
     def _in(self, address: str, networks: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...]) -> bool:
         try:
             ip = ipaddress.ip_address(address.strip("[]"))

@@ -116,7 +116,8 @@ def parse_request(body: Any, now: float) -> ExportRequest:
             raise BadExport("range.from is after range.to")
     elif window is not None and not isinstance(window, dict):
         raise BadExport("range must be an object with from and to")
-    raw_filter = body.get("filter") or {}
+    raw_filter = body.get("filter")
+    raw_filter = {} if raw_filter is None else raw_filter
     if not isinstance(raw_filter, dict):
         raise BadExport('filter must be an object such as {"type": "rate_limit_hit", "actor": "u1"}')
     filters: list[tuple[str, tuple[Scalar, ...]]] = []
@@ -318,7 +319,7 @@ class Export:
                 await out.row(group.values())
         elif entity == "audit":
             await out.row(CSV_COLUMNS)
-            known = {*CSV_COLUMNS, "id"}  # a Redis stream id is an address, not an event field
+            known = {*CSV_COLUMNS, "id", "event_id"}  # addresses (stream id, event id), not event fields
             async for record in self.records():
                 details = {k: v for k, v in record.items() if k not in known}
                 await out.row([record.get(c) for c in CSV_COLUMNS[:-1]] + [details or None])
@@ -344,10 +345,16 @@ async def export(request: web.Request) -> web.StreamResponse:
     gateway = request.app[GATEWAY_VIEW]
     audit = gateway.audit
     if "audit" in spec.entities and audit is not None:
+        # An export that may be missing events must say so: 503 with the reason, never a short 200.
+        reason = await audit.problem()
+        if reason is not None:
+            return problem(503, "audit_unavailable", f"the audit trail is not recording: {reason}")
         if not await audit.store.ping():
             return problem(503, "audit_unavailable",
                            f"the audit store ({audit.store.kind}) cannot be read now")
-        await audit.flush(within=2.0)  # what was emitted before this call is in the answer
+        if not await audit.flush(within=2.0):  # what was emitted before this call is in the answer
+            reason = await audit.problem() or f"{audit.queued} events are still waiting to be written"
+            return problem(503, "audit_unavailable", f"the audit trail is incomplete: {reason}")
     response = web.StreamResponse(headers={"Content-Type": FORMATS[spec.format], "Cache-Control": "no-store"})
     if spec.format == "csv":
         response.headers["Content-Disposition"] = f'attachment; filename="{spec.entities[0]}.csv"'

@@ -2,7 +2,9 @@
 
 200 {"status": "ok" | "degraded", ...} while serving; 503 {"status": "draining", ...} once shutdown has
 begun, so a load balancer stops sending new requests while in-flight ones finish. "degraded" means serving,
-but Redis is configured and unreachable, or a breaker is not closed. The body: policy version and reload
+but Redis is configured and unreachable, a breaker is not closed, or the audit trail cannot record (its
+writes fail, or its storage refuses a probe write: an unwritable directory, a Redis out of memory under
+noeviction or short of replicas); `reasons` says which. The body: policy version and reload
 state, Redis configured/reachable, each breaker's state and each upstream's last outcome.
 """
 
@@ -84,17 +86,25 @@ class HealthTracker:
         configured = bool(runtime is not None and runtime.policy.storage.redis_url)
         reachable = await self.redis_reachable() if configured else None
         breakers = self.breakers(runtime)
+        audit_problem = await gateway.audit.problem() if gateway.audit is not None else None
+        reasons = []
+        if configured and reachable is False:
+            reasons.append(f"redis unreachable: {self.redis_error or 'no answer'}")
+        reasons += [f"breaker {name} is {state}" for name, state in breakers.items() if state != "closed"]
+        if audit_problem is not None:
+            reasons.append(audit_problem)
         if gateway.draining:
             status, code = "draining", 503
         elif runtime is None:
             status, code = "starting", 503
-        elif (configured and reachable is False) or any(s != "closed" for s in breakers.values()):
+        elif reasons:
             status, code = "degraded", 200
         else:
             status, code = "ok", 200
         last_error = gateway.last_error
         body: dict[str, Any] = {
             "status": status,
+            "reasons": reasons,
             "policy": {
                 "version": loaded.version if loaded is not None else None,
                 "loaded_at": iso(loaded.loaded_at) if loaded is not None else None,
@@ -112,7 +122,7 @@ class HealthTracker:
             for name in runtime.policy.upstreams:
                 body["upstreams"].setdefault(name, None)  # not called yet
         if gateway.audit is not None:
-            body["audit"] = gateway.audit.stats()
+            body["audit"] = {**gateway.audit.stats(), "ok": audit_problem is None, "error": audit_problem}
         return code, body
 
 

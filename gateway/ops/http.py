@@ -23,7 +23,7 @@ from gateway.identity import forwarded_for
 from gateway.logs import get_logger
 from gateway.ops.auth import AdminAuth
 from gateway.runtime import Runtime
-from gateway.server import SERVER_NAME, send_continue
+from gateway.server import SERVER_NAME, defer_continue, send_continue
 
 log = get_logger("gateway.ops")
 
@@ -145,15 +145,80 @@ def misdirected(request: web.Request) -> web.Response | None:
                    f"the ops API does not answer to {shown!r}: not one of admin.hosts")
 
 
+# The header the ops console sends with every state-changing call. A page on another origin can only add a
+# custom header through a CORS preflight, which the ops API never grants.
+CSRF_HEADER = "X-Requested-By"
+_SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
+# The console polls every second; auditing each of those reads would push the events that matter out of the
+# capped trail (two records a second per open tab). A successful read sent with this header is not audited:
+# an admin can only leave their own reads out this way, never a change or a refusal.
+POLL_HEADER = "X-Ops-Poll"
+_READ_ONLY_POSTS = frozenset({"/api/ops/export", "/api/ops/policy/validate"})
+
+
+def _unaudited_poll(request: web.Request, status: int) -> bool:
+    if status >= 400 or request.headers.get(POLL_HEADER) != "1":
+        return False
+    if request.method in ("GET", "HEAD"):
+        return True
+    resource = request.match_info.route.resource
+    return request.method == "POST" and resource is not None and resource.canonical in _READ_ONLY_POSTS
+_DEFAULT_PORTS = {"http": "80", "https": "443"}
+
+
+def _host_port(value: str, scheme: str) -> str:
+    value = value.strip().lower()
+    host, sep, port = value.rpartition(":")
+    if sep and "]" not in port and port == _DEFAULT_PORTS.get(scheme):
+        return host
+    return value
+
+
+def cross_site(request: web.Request) -> str | None:
+    """Why a state-changing ops call from a browser must be refused (CSRF), or None.
+
+    A bearer token in a header cannot be sent by another site, but an admin believed by address
+    (`X-User-Id` from `admin.trusted_networks`, perhaps added by an SSO proxy) could be ridden by any page
+    the admin visits: a cross-site form POST is a "simple" request, and the body is read as JSON whatever its
+    Content-Type. So when the request comes from a browser (it carries `Origin` or `Sec-Fetch-Site`), the
+    Origin must be the gateway's own and the custom header `X-Requested-By` must be present. curl and other
+    programs send neither browser header and are not affected.
+    """
+    if request.method in _SAFE_METHODS:
+        return None
+    headers = request.headers
+    origin = headers.get("Origin")
+    fetch_site = headers.get("Sec-Fetch-Site")
+    if origin is None and fetch_site is None:
+        return None  # not a browser
+    if fetch_site is not None and fetch_site.strip().lower() not in ("same-origin", "none"):
+        return f"a {fetch_site.strip()[:20]} request from a browser may not change state"
+    if origin is not None:
+        scheme, sep, rest = origin.strip().partition("://")
+        if not sep or _host_port(rest, scheme.lower()) != _host_port(request.host, scheme.lower()):
+            return "the Origin is not this gateway's: cross-site requests may not change state"
+    if not headers.get(CSRF_HEADER, "").strip():
+        return f"a state-changing call from a browser needs the {CSRF_HEADER} header"
+    return None
+
+
 def admin_only(handler: Handler) -> Handler:
-    """Wrap an ops handler: 401/403/429 with a JSON reason unless the caller is an admin; audit the call."""
+    """Wrap an ops handler: 401/403/429 with a JSON reason unless the caller is an admin; audit the call.
+
+    State-changing calls from a browser must also pass `cross_site` (403 `cross_origin`)."""
 
     async def wrapped(request: web.Request) -> web.StreamResponse:
-        refused = misdirected(request)  # before any credential is looked at
-        if refused is not None:
-            return refused
+        wrong_host = misdirected(request)  # before any credential is looked at
+        if wrong_host is not None:
+            return wrong_host
         auth = request.app[ADMIN_AUTH]
         headers = request.headers
+        refused = cross_site(request)
+        if refused is not None:
+            _emit(request, principal=None, action="auth_failed", before=None, after=None,
+                  method=request.method, path=request.path, status=403, client=request.remote or "unknown",
+                  reason=refused)
+            return problem(403, "cross_origin", refused)
         verdict = auth.check(request.remote, headers.get("Authorization"), headers.get(auth.user_header),
                              forwarded_for(headers))
         if verdict.status != 200:
@@ -186,7 +251,7 @@ def admin_only(handler: Handler) -> Handler:
             return problem(500, "internal_error", "the ops handler failed; see the gateway log")
         finally:
             _AUDITED.reset(token)
-            if not audited[0]:
+            if not audited[0] and not _unaudited_poll(request, status):
                 action, before, after = request.get(_ACTION) or (_default_action(request), None, None)
                 _emit(request, principal=verdict.principal, action=action, before=before, after=after,
                       method=request.method, path=request.path, status=status, client=verdict.client)
@@ -198,6 +263,18 @@ def admin_only(handler: Handler) -> Handler:
 
 
 OPS_PREFIX = "/api/ops"
+
+
+def method_not_allowed(*allowed: str) -> Handler:
+    """A handler for the other methods of a path the gateway owns: a JSON 405 with Allow, never proxied."""
+    names = sorted({*allowed, "HEAD"} if "GET" in allowed else set(allowed))
+
+    async def refuse(request: web.Request) -> web.StreamResponse:
+        detail = f"{request.method} is not allowed here"
+        return json_response({"error": "method_not_allowed", "detail": detail, "allowed": names}, 405,
+                             {"Allow": ", ".join(names)})
+
+    return refuse
 
 
 async def _ops_not_found(request: web.Request) -> web.Response:
@@ -218,4 +295,4 @@ async def _ops_not_found(request: web.Request) -> web.Response:
 
 def add_ops_fallback(app: web.Application) -> None:
     """After every ops route: the /api/ops/ namespace is the gateway's and never reaches the upstream."""
-    app.router.add_route("*", OPS_PREFIX + r"/{tail:[\s\S]*}", _ops_not_found)
+    app.router.add_route("*", OPS_PREFIX + r"/{tail:[\s\S]*}", _ops_not_found, expect_handler=defer_continue)

@@ -9,7 +9,7 @@ from aiohttp import web
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
 from gateway.metrics import GatewayMetrics
-from gateway.ops.http import admin_only, json_response, misdirected, problem
+from gateway.ops.http import admin_only, json_response, method_not_allowed, misdirected, problem
 from gateway.server import SERVER_NAME
 
 METRICS = web.AppKey("metrics", GatewayMetrics)
@@ -49,4 +49,5 @@ async def ops_metrics(request: web.Request) -> web.StreamResponse:
 def add_routes(app: web.Application) -> None:
     """Register the metrics endpoints (app[METRICS] must be set)."""
     app.router.add_get("/metrics", prometheus)
+    app.router.add_route("*", "/metrics", method_not_allowed("GET"))  # the gateway's path: never proxied
     app.router.add_get("/api/ops/metrics", ops_metrics)

@@ -86,13 +86,12 @@ _ALLOWED_TAGS = {
 
 
 class _Frame:
-    __slots__ = ("container", "path", "key", "key_line")
+    __slots__ = ("container", "path", "key")
 
     def __init__(self, container: dict[str, Any] | list[Any], path: KeyPath) -> None:
         self.container = container
         self.path = path
         self.key: str | None = None  # a mapping frame waiting for the value of this key
-        self.key_line = 0
 
 
 class _Builder:
@@ -157,7 +156,7 @@ class _Builder:
                 if key in frame.container:
                     self.problems.append(Problem(self.source, line, format_path(path), "duplicate key"))
                     key = "\0duplicate"  # parse its value, then drop it
-                frame.key, frame.key_line = key, line
+                frame.key = key
                 self.lines.setdefault(path, line)
                 continue
             if frame is None:

@@ -165,11 +165,6 @@ class Admin(Strict):
         " the address the client connected to is always accepted, `*` turns the check off. Anything else"
         " gets 421: a page whose name is rebound to 127.0.0.1 (DNS rebinding) still sends its own name.",
     )
-    listen: Annotated[str, Field(pattern=r"^[^\s:]+:\d{1,5}$")] | None = Field(
-        None,
-        description="A separate admin listener: not supported yet, and refused rather than ignored.",
-    )
-
     @field_validator("hosts")
     @classmethod
     def _hosts(cls, value: tuple[str, ...]) -> tuple[str, ...]:
@@ -180,14 +175,6 @@ class Admin(Strict):
                 except ValueError:
                     raise ValueError(f"admin.hosts takes names or addresses without a port, got {host!r}"
                                      ) from None
-        return value
-
-    @field_validator("listen")
-    @classmethod
-    def _listen(cls, value: str | None) -> str | None:
-        # Refused rather than ignored: whoever sets it believes the main listener no longer serves ops.
-        if value is not None:
-            raise ValueError("a separate admin listener is not supported yet; remove admin.listen")
         return value
 
 
@@ -220,11 +207,12 @@ class Audit(Strict):
 
     dir: Annotated[str, Field(min_length=1)] = Field(
         "data/audit",
-        description="File backend only: directory of the JSON-lines files, relative to the policy file's"
-        " directory.",
+        description="File backend only: directory of the JSON-lines files; a relative one is relative to"
+        " `$GATEWAY_DATA_DIR` when set (the image: /var/lib/gateway), else to the policy file's directory.",
     )
     max_events: Annotated[int, Field(ge=100)] = Field(
-        100_000, description="Redis backend: cap of each audit stream (`MAXLEN ~`)."
+        100_000, description="Redis backend: cap of each audit stream (`MAXLEN ~`): the main one and those of"
+        " the flood kinds (`:rate_limit_hit`, `:auth_failed`), so a flood trims only its own."
     )
     max_age: Duration = Field(
         7 * 86400.0, description="Older events are trimmed (Redis `MINID`) or their files deleted."
@@ -232,10 +220,17 @@ class Audit(Strict):
     queue_size: Annotated[int, Field(ge=10, le=10_000_000)] = Field(
         10_000,
         description="Events waiting to be written; when the queue is full an event is dropped and counted"
-        " (`dropped` in `/api/ops/health`).",
+        " (`dropped` in `/api/ops/health`). The flood kinds may fill only nine tenths of it.",
     )
     max_file_size: Annotated[Size, Field(ge=4096)] = Field(
-        64 * 2**20, description="File backend: a JSON-lines file rotates past this size."
+        64 * 2**20, description="File backend: a JSON-lines file rotates past this size (or past a sixteenth"
+        " of `max_total_bytes`, if smaller)."
+    )
+    max_total_bytes: Annotated[Size, Field(ge=65536)] = Field(
+        256 * 2**20,
+        description="File backend: the audit directory never holds more; past it the oldest files are"
+        " deleted, those of the flood kinds (`rate_limit_hit`, failed admin logins) before any other, and"
+        " each record deleted is counted (`gateway_audit_dropped_total{reason=\"cap\"}`).",
     )
 
 
@@ -332,7 +327,7 @@ class Server(Strict):
     header_timeout: Duration = Field(
         10.0,
         description="A new connection must complete its first request head within this (slowloris); aiohttp"
-        " alone would wait until the keep-alive timer.",
+        " alone would wait until the keep-alive timer. With `server.tls`, its TLS handshake too.",
     )
     idle_timeout: Duration = Field(75.0, description="Idle keep-alive connections are closed after this.")
     write_timeout: Duration = Field(

@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from gateway.logs import get_logger
+from gateway.tasks import stop
 
 log = get_logger("gateway.policy.watcher")
 
@@ -129,9 +130,4 @@ class PolicyWatcher:
     async def close(self) -> None:
         """Stop polling. A reload the watcher started is cancelled, which applies nothing (swap is last)."""
         task, self._task = self._task, None
-        if task is not None:
-            task.cancel()
-            try:
-                await task
-            except asyncio.CancelledError:
-                pass
+        await stop((task,))

@@ -12,6 +12,7 @@ from collections.abc import Iterable
 
 from gateway.logs import get_logger
 from gateway.ratelimit.redis import STORE_ERRORS, RedisBuckets
+from gateway.tasks import stop
 
 log = get_logger("gateway.ratelimit")
 
@@ -49,8 +50,13 @@ class Overrides:
             self._apply(values)
 
     async def _poll(self) -> None:
+        task = asyncio.current_task()
         while True:
             await self.refresh()
+            if task is not None and task.cancelling():
+                # close() cancelled us mid-read and the read turned that into a store error (redis-py and
+                # asyncio.timeout can): without this the loop slept on and close() waited for ever.
+                raise asyncio.CancelledError
             await asyncio.sleep(self._refresh)
 
     def start(self) -> None:
@@ -96,8 +102,5 @@ class Overrides:
 
     async def close(self) -> None:
         """Stop refreshing."""
-        tasks = [t for t in (self._task, *self._background) if t is not None]
-        for task in tasks:
-            task.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
+        await stop((self._task, *self._background))
         self._task = None

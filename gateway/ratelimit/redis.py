@@ -288,4 +288,8 @@ class RedisBuckets:
         """Close the connection pool and the request path's connection."""
         if self.pipe is not None:
             self.pipe.close()
-        await self.client.aclose()
+        try:
+            async with asyncio.timeout(ADMIN_TIMEOUT):  # a frozen Redis must not hold a shutdown up
+                await self.client.aclose()
+        except TimeoutError:
+            log.warning("redis_close_timed_out", detail="connections dropped without a goodbye")

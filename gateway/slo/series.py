@@ -29,7 +29,7 @@ _FAR_PAST = -(1 << 62)
 class Slot:
     """What happened in one 10 s sub-window."""
 
-    __slots__ = ("slot", "total", "errors", "throttled", "exceed", "latency", "upstream", "upstream_total")
+    __slots__ = ("slot", "total", "errors", "throttled", "exceed", "latency", "upstream")
 
     def __init__(self, slot: int, thresholds: int) -> None:
         self.slot = slot
@@ -41,7 +41,6 @@ class Slot:
         self.exceed = [0] * (thresholds + 1)
         self.latency: Counts = {}
         self.upstream: Counts = {}
-        self.upstream_total = 0
 
 
 # A slot older than the percentile window, reduced to what burn rates need:
@@ -189,7 +188,6 @@ class Series:
             ups = s.upstream
             key = MIN_KEY if upstream <= MIN_VALUE else ceil(log(upstream) * INV_LN_GAMMA)
             ups[key] = ups.get(key, 0) + 1
-            s.upstream_total += 1
             self.upstream_buckets[bisect_left(bounds, upstream)] += 1
             self.upstream_sum += upstream
         cls = status // 100

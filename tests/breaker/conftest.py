@@ -17,6 +17,7 @@ from gateway.policy.loader import load_policy
 from gateway.server import ConnectionLimits
 from tests.conftest import GatewayTestServer
 from tests.support.clock import ManualClock
+from tests.support.upstream import base_url
 from upstream_app.provider import FAULTS_KEY, build_provider_app
 
 ADMIN = "6f1c2b9e-0a4d-4c1e-9b7a-2d3e4f5a6b7c"
@@ -31,7 +32,7 @@ class Provider:
 
     @property
     def url(self) -> str:
-        return str(self.server.make_url("")).rstrip("/")
+        return base_url(self.server)
 
     def knobs(self, **changes: Any) -> None:
         # Same validation as POST /_faults, applied in-process so a knob change never races a request.

@@ -10,6 +10,7 @@ import asyncio
 from aiohttp import ClientTimeout
 
 from tests.breaker.conftest import ADMIN, INTENT, GatewayStarter, Provider, Running
+from tests.support.wait import until
 
 POLICY = """
 version: 1
@@ -46,6 +47,13 @@ async def open_breaker(gw: Running, provider: Provider, failures: int = 3) -> No
     provider.knobs(failure_ratio=1.0)
     assert [await intent(gw) for _ in range(failures)] == [503] * failures
     assert gw.breaker("payment_provider").state == "open"
+
+
+async def opened(start_gateway: GatewayStarter, provider: Provider, probes: str = "1") -> Running:
+    """A started gateway whose payment_provider breaker three failures have just opened."""
+    gw = await start(start_gateway, provider, probes=probes)
+    await open_breaker(gw, provider)
+    return gw
 
 
 async def test_opens_after_n_consecutive_failures(
@@ -95,8 +103,7 @@ async def test_opens_on_slow_calls(
 async def test_open_answers_503_with_retry_after_and_the_upstream_sees_nothing(
     start_gateway: GatewayStarter, provider: Provider
 ) -> None:
-    gw = await start(start_gateway, provider)
-    await open_breaker(gw, provider)
+    gw = await opened(start_gateway, provider)
     calls = provider.calls
     gw.clock.advance(10.5)
     for _ in range(20):
@@ -112,8 +119,7 @@ async def test_open_answers_503_with_retry_after_and_the_upstream_sees_nothing(
 async def test_half_open_lets_exactly_the_probes_through_a_burst_of_50(
     start_gateway: GatewayStarter, provider: Provider
 ) -> None:
-    gw = await start(start_gateway, provider, probes="2")
-    await open_breaker(gw, provider)
+    gw = await opened(start_gateway, provider, probes="2")
     provider.knobs(failure_ratio=0.0, latency_ms=300)  # probes stay in flight while the burst arrives
     calls = provider.calls
     gw.clock.advance(60)
@@ -131,8 +137,7 @@ async def test_half_open_lets_exactly_the_probes_through_a_burst_of_50(
 async def test_a_failed_probe_reopens_and_restarts_the_timer(
     start_gateway: GatewayStarter, provider: Provider
 ) -> None:
-    gw = await start(start_gateway, provider)
-    await open_breaker(gw, provider)
+    gw = await opened(start_gateway, provider)
     gw.clock.advance(60)
     assert await intent(gw) == 503  # the probe reached the failing provider
     async with gw.client.get("/egress/payments/v1/x") as response:
@@ -143,8 +148,7 @@ async def test_a_failed_probe_reopens_and_restarts_the_timer(
 async def test_a_probe_whose_client_went_away_does_not_freeze_the_breaker(
     start_gateway: GatewayStarter, provider: Provider
 ) -> None:
-    gw = await start(start_gateway, provider)
-    await open_breaker(gw, provider)
+    gw = await opened(start_gateway, provider)
     provider.knobs(failure_ratio=0.0, latency_ms=900)
     gw.clock.advance(60)
     try:
@@ -154,10 +158,8 @@ async def test_a_probe_whose_client_went_away_does_not_freeze_the_breaker(
     except TimeoutError:
         pass
     snapshot = gw.breaker("payment_provider").snapshot
-    for _ in range(100):  # the server notices the disconnect asynchronously: wait for the handler to unwind
-        if snapshot()["half_open_in_flight"] == 0:
-            break
-        await asyncio.sleep(0.01)
+    # The server notices the disconnect asynchronously: wait for the handler to unwind.
+    await until(lambda: snapshot()["half_open_in_flight"] == 0, what="the abandoned probe is released")
     assert snapshot()["state"] == "half_open" and snapshot()["half_open_in_flight"] == 0
     provider.knobs(latency_ms=0)
     assert await intent(gw) == 201  # the next request became the probe

@@ -17,8 +17,9 @@ import pytest
 from aiohttp import ClientSession
 from aiohttp.test_utils import TestServer
 
-from gateway.perf.local import free_port
+from perf.local import free_port
 from tests.breaker.conftest import GatewayStarter, Provider, Running
+from tests.support.upstream import base_url
 from upstream_app.app import build_app as build_demo_app
 
 SHIPPED = Path(__file__).resolve().parents[2] / "policies.yaml"
@@ -31,7 +32,7 @@ async def run_scenario(
     demo_port = free_port()
     gw = await start_gateway(text, **{"http://127.0.0.1:8001": f"http://127.0.0.1:{demo_port}",
                                       "http://127.0.0.1:8002": provider.url})
-    gateway_url = str(gw.client.make_url("")).rstrip("/")
+    gateway_url = base_url(gw.client)
     demo = TestServer(build_demo_app(str(tmp_path / "demo.sqlite3"), f"{gateway_url}/egress/payments"),
                       port=demo_port)
     await demo.start_server()

@@ -31,6 +31,13 @@ def call(breaker: Breaker, failed: bool, duration: float = 0.01) -> None:
     permit.record(failed, duration)
 
 
+def tripped(clock: ManualClock, **settings: Any) -> tuple[Breaker, list[Transition]]:
+    """A breaker that opens at the first failure, just opened by one."""
+    breaker, seen = make(clock, consecutive_failures=1, **settings)
+    call(breaker, True)
+    return breaker, seen
+
+
 def test_opens_after_consecutive_failures_and_a_success_resets_the_count() -> None:
     clock = ManualClock()
     breaker, seen = make(clock, consecutive_failures=3, failure_rate=None)
@@ -98,8 +105,7 @@ def test_slow_call_rate_opens() -> None:
 
 def test_open_counts_down_then_half_open_admits_exactly_the_probes() -> None:
     clock = ManualClock()
-    breaker, seen = make(clock, consecutive_failures=1, reset_timeout="60s", half_open_requests=2)
-    call(breaker, True)
+    breaker, seen = tripped(clock, reset_timeout="60s", half_open_requests=2)
     clock.advance(10.2)
     assert breaker.retry_in() == pytest.approx(49.8)
     assert breaker.retry_after() == 50
@@ -122,8 +128,7 @@ def test_open_counts_down_then_half_open_admits_exactly_the_probes() -> None:
 
 def test_a_failed_probe_reopens_and_restarts_the_timer() -> None:
     clock = ManualClock()
-    breaker, seen = make(clock, consecutive_failures=1, reset_timeout="60s")
-    call(breaker, True)
+    breaker, seen = tripped(clock, reset_timeout="60s")
     clock.advance(60)
     call(breaker, True)
     assert breaker.state is State.OPEN
@@ -133,8 +138,7 @@ def test_a_failed_probe_reopens_and_restarts_the_timer() -> None:
 
 def test_a_released_probe_frees_its_slot_without_a_verdict() -> None:
     clock = ManualClock()
-    breaker, _ = make(clock, consecutive_failures=1, reset_timeout="1s")
-    call(breaker, True)
+    breaker, _ = tripped(clock, reset_timeout="1s")
     clock.advance(1)
     probe = breaker.acquire()
     assert probe is not None and breaker.acquire() is None
@@ -145,8 +149,7 @@ def test_a_released_probe_frees_its_slot_without_a_verdict() -> None:
 
 def test_a_stuck_probe_is_a_failure_after_its_deadline() -> None:
     clock = ManualClock()
-    breaker, seen = make(clock, consecutive_failures=1, reset_timeout="1s")
-    call(breaker, True)
+    breaker, seen = tripped(clock, reset_timeout="1s")
     clock.advance(1)
     stuck = breaker.acquire()
     assert stuck is not None
@@ -192,8 +195,7 @@ def test_manual_open_holds_until_closed_and_reset_clears_the_window() -> None:
 
 def test_snapshot_counts_transitions() -> None:
     clock = ManualClock()
-    breaker, _ = make(clock, consecutive_failures=1, reset_timeout="1s")
-    call(breaker, True)
+    breaker, _ = tripped(clock, reset_timeout="1s")
     clock.advance(1)
     call(breaker, False)
     snap = breaker.snapshot()

@@ -14,13 +14,14 @@ import redis.asyncio as aioredis
 from aiohttp.test_utils import TestServer
 
 from gateway.app import GATEWAY
-from gateway.audit import AuditTrail, FileStore, RedisStore, iso
+from gateway.audit import AuditTrail, Batch, FileStore, RedisStore, iso
 from gateway.events import Event
 from gateway.policy.model import Audit
 from tests.conftest import GatewayFactory
 from tests.ops.conftest import ADMIN, audit_of, policy
 from tests.support.clock import ManualClock
 from tests.support.redis import RedisProcess
+from tests.support.upstream import base_url
 
 
 def event(i: int, at: float, type: str = "rate_limit_hit") -> Event:
@@ -78,19 +79,19 @@ async def test_a_full_queue_drops_and_counts_instead_of_blocking(store: FileStor
     trail = AuditTrail(store, queue_size=10)
     trail.start()
     for i in range(100):  # in one go: the writer task cannot run in between
-        trail(event(i, time.time()))
+        trail(event(i, time.time(), "circuit_state_change"))
     assert trail.dropped == 90 and trail.queued == 10
     assert await trail.flush()
     assert trail.written == 10 and trail.stats()["dropped"] == 90
     await trail.close()
-    trail(event(0, time.time()))  # after close: counted, not written
+    trail(event(0, time.time(), "circuit_state_change"))  # after close: counted, not written
     assert trail.dropped == 91
 
 
 async def test_scan_filters_by_time_range_exactly(store: FileStore | RedisStore) -> None:
     base = time.time() - 1000
     await store.append(
-        [(b'{"time":"%s","type":"t","n":%d}' % (iso(base + i).encode(), i)) for i in range(10)]
+        Batch.of([(b'{"time":"%s","type":"t","n":%d}' % (iso(base + i).encode(), i)) for i in range(10)])
     )
     found = [r["n"] async for page in store.scan(base + 3, base + 6) for r in page]
     assert found == [3, 4, 5, 6]
@@ -100,25 +101,25 @@ async def test_file_segments_older_than_max_age_are_deleted(tmp_path: Path) -> N
     clock = ManualClock(time.time())
     store = FileStore(tmp_path, Audit(max_file_size=4096, max_age="1d"), clock)
     lines = [b'{"time":"%s","type":"t","pad":"%s"}' % (iso(clock.now).encode(), b"x" * 100)] * 40
-    await store.append(lines)
-    await store.append(lines)  # over 4 KiB: a second segment
+    await store.append(Batch.of(lines))
+    await store.append(Batch.of(lines))  # over 4 KiB: a second segment
     first, *_ = store.segments()
     os.utime(first, (clock.now - 2 * 86400, clock.now - 2 * 86400))  # last written two days ago
     clock.now += 3601  # pruning runs at most hourly, on a write
-    await store.append(lines[:1])
+    await store.append(Batch.of(lines[:1]))
     assert first not in store.segments() and len(store.segments()) >= 1
     await store.close()
 
 
 async def test_a_torn_last_line_from_a_crash_is_skipped_and_writing_resumes(tmp_path: Path) -> None:
     store = FileStore(tmp_path, Audit())
-    await store.append([b'{"time":"%s","type":"a"}' % iso(time.time()).encode()])
+    await store.append(Batch.of([b'{"time":"%s","type":"a"}' % iso(time.time()).encode()]))
     await store.close()
     segment = store.segments()[-1]
     with segment.open("ab") as f:
         f.write(b'{"time":"2025-09-13T00:00:0')  # the process died mid-line
     again = FileStore(tmp_path, Audit())
-    await again.append([b'{"time":"%s","type":"b"}' % iso(time.time()).encode()])
+    await again.append(Batch.of([b'{"time":"%s","type":"b"}' % iso(time.time()).encode()]))
     assert [r["type"] for r in await everything(again)] == ["a", "b"]
     await again.close()
 
@@ -132,9 +133,9 @@ async def test_a_flood_of_refusals_cannot_push_admin_actions_out_of_the_redis_tr
     admin = b'{"time":"%s","type":"admin_action","action":"breaker.open"}' % iso(now).encode()
     hits = [b'{"time":"%s","type":"rate_limit_hit","n":%d}' % (iso(now + 1 + i / 1000).encode(), i)
             for i in range(1000)]
-    await store.append([admin])
+    await store.append(Batch.of([admin]))
     for i in range(0, 1000, 100):
-        await store.append(hits[i : i + 100])
+        await store.append(Batch.of(hits[i : i + 100], stream="rate_limit_hit"))
     records = await everything(store)
     assert records[0]["type"] == "admin_action" and records[0]["action"] == "breaker.open"
     kept = [r["n"] for r in records[1:]]
@@ -149,10 +150,10 @@ async def test_redis_stream_is_trimmed_by_age(redis_url: str) -> None:
     store = RedisStore(redis_url, key, Audit(max_age="1h", max_events=100_000), timeout=1.0, clock=clock)
     line = b'{"time":"%s","type":"t"}' % iso(clock.now).encode()
     for _ in range(10):
-        await store.append([line] * 100)
+        await store.append(Batch.of([line] * 100))
     assert await store.redis.xlen(key) == 1000
     clock.now += 2 * 3600 + 61  # every entry is now over max_age old, and a minute since the last trim
-    await store.append([line])
+    await store.append(Batch.of([line]))
     # MINID ~ trims whole stream nodes (100 entries each by default): at most the newest node survives.
     assert await store.redis.xlen(key) <= 101
     await store.redis.delete(key)
@@ -169,7 +170,7 @@ async def test_audit_events_survive_a_gateway_restart(  # type: ignore[no-untype
 ) -> None:
     for backend in ("file", "redis"):
         text = policy(
-            str(upstream.make_url("")).rstrip("/"),
+            base_url(upstream),
             redis_url=redis_url if backend == "redis" else "",
             prefix=f"t{uuid.uuid4().hex[:12]}",
         )
@@ -204,22 +205,25 @@ async def test_audit_events_survive_a_gateway_restart(  # type: ignore[no-untype
 async def test_queue_full_drops_are_counted_and_requests_are_unaffected(  # type: ignore[no-untyped-def]
     make_gateway: GatewayFactory, upstream: TestServer
 ) -> None:
-    gw = await make_gateway(policy(str(upstream.make_url("")).rstrip("/"), queue_size=10))
+    gw = await make_gateway(policy(base_url(upstream), queue_size=10))
     trail = audit_of(gw)
     bus = gw.app[GATEWAY].events
     for i in range(200):
         bus.emit("rate_limit_hit", actor=f"u{i}", limit="x", route="default", key="user", shadow=False)
-    assert trail.dropped == 190
+    assert trail.dropped == 191 and trail.queued == 9  # a flood kind may fill nine tenths of the queue...
+    bus.emit("circuit_state_change", breaker="b", to="open", cause="test")
+    assert trail.dropped == 191 and trail.queued == 10  # ...so a rare event still finds room
     resp = await gw.get("/anything")
     assert resp.status == 200 and (await resp.json())["raw_path"] == "/anything"
     health = await (await gw.get("/api/ops/health")).json()
-    assert health["audit"]["dropped"] == 190
+    assert health["audit"]["dropped"] == 191
+    assert health["audit"]["dropped_by_reason"]["queue_full"] == 191
 
 
 async def test_a_frozen_redis_does_not_slow_requests_and_loses_nothing_once_back(  # type: ignore[no-untyped-def]
     make_gateway: GatewayFactory, upstream: TestServer, private_redis: RedisProcess
 ) -> None:
-    gw = await make_gateway(policy(str(upstream.make_url("")).rstrip("/"), redis_url=private_redis.url))
+    gw = await make_gateway(policy(base_url(upstream), redis_url=private_redis.url))
     trail = audit_of(gw)
     bus = gw.app[GATEWAY].events
     private_redis.freeze()

@@ -9,6 +9,7 @@ from aiohttp.test_utils import TestServer
 from gateway.app import GATEWAY
 from tests.conftest import GatewayFactory
 from tests.ops.conftest import policy
+from tests.support.upstream import base_url
 
 
 def sample(text: str, name: str) -> float:
@@ -20,7 +21,7 @@ def sample(text: str, name: str) -> float:
 async def test_audit_counters_are_exported(
     make_gateway: GatewayFactory, upstream: TestServer, tmp_path
 ) -> None:  # type: ignore[no-untyped-def]
-    gw = await make_gateway(policy(str(upstream.make_url("")).rstrip("/"), audit_dir=str(tmp_path / "audit")))
+    gw = await make_gateway(policy(base_url(upstream), audit_dir=str(tmp_path / "audit")))
     gateway = gw.app[GATEWAY]  # type: ignore[index]
     for i in range(3):
         gateway.events.emit("admin_action", principal="test", action=f"probe{i}", before=None, after=None)

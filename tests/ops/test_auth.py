@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import time
 from pathlib import Path
+from typing import Any
 
 import aiohttp
 import pytest
@@ -15,8 +16,19 @@ from gateway.ops.auth import FAILURE_WINDOW, MAX_FAILURES, AdminAuth, fingerprin
 from gateway.ops.http import ADMIN_AUTH, PRINCIPAL, admin_only, install, json_response
 from gateway.policy.model import Admin, Identity
 from tests.conftest import GatewayFactory
-from tests.ops.conftest import ADMIN, ADMIN_ID, BEARER, REMOTE_ADDRESS, TOKEN, TOKENS_ENV, audit_of, policy
+from tests.ops.conftest import (
+    ADMIN,
+    ADMIN_ID,
+    BEARER,
+    REMOTE_ADDRESS,
+    TOKEN,
+    TOKENS_ENV,
+    Client,
+    audit_of,
+    policy,
+)
 from tests.support.clock import ManualClock
+from tests.support.upstream import base_url
 
 
 def auth(clock: ManualClock | None = None, proxies: tuple[str, ...] = ()) -> AdminAuth:
@@ -95,7 +107,17 @@ def test_failed_attempts_are_limited_per_client_then_forgiven() -> None:
 
 @pytest.fixture
 async def gw(make_gateway: GatewayFactory, upstream: TestServer):  # type: ignore[no-untyped-def]
-    return await make_gateway(policy(str(upstream.make_url("")).rstrip("/"), extra="breakers:\n  b1: {}\n"))
+    return await make_gateway(policy(base_url(upstream), extra="breakers:\n  b1: {}\n"))
+
+
+async def export_breakers(
+    session: aiohttp.ClientSession, gw: Client, headers: dict[str, str]
+) -> tuple[int, dict[str, Any]]:
+    """POST /api/ops/export of the breakers from `session` (another address than the gateway's own client)."""
+    url = gw.make_url("/api/ops/export")
+    async with session.post(url, json={"entities": ["breakers"]}, headers=headers) as resp:
+        body: dict[str, Any] = await resp.json()
+        return resp.status, body
 
 
 async def test_no_credentials_is_401_json_with_a_challenge(gw) -> None:  # type: ignore[no-untyped-def]
@@ -115,10 +137,8 @@ async def test_not_an_admin_is_403_json(gw) -> None:  # type: ignore[no-untyped-
 async def test_spoofed_admin_user_id_from_an_untrusted_network_is_403(  # type: ignore[no-untyped-def]
     gw, remote_session: aiohttp.ClientSession
 ) -> None:
-    url = gw.make_url("/api/ops/export")
-    async with remote_session.post(url, json={"entities": ["breakers"]}, headers=ADMIN) as resp:
-        assert resp.status == 403
-        body = await resp.json()
+    status, body = await export_breakers(remote_session, gw, ADMIN)
+    assert status == 403
     assert "trusted_networks" in body["detail"]
     # The same header from 127.0.0.1 is an admin: the difference is only where the call came from.
     assert (await gw.post("/api/ops/export", json={"entities": ["breakers"]}, headers=ADMIN)).status == 200
@@ -127,10 +147,9 @@ async def test_spoofed_admin_user_id_from_an_untrusted_network_is_403(  # type: 
 async def test_bearer_token_works_from_an_untrusted_network(  # type: ignore[no-untyped-def]
     gw, remote_session: aiohttp.ClientSession
 ) -> None:
-    url = gw.make_url("/api/ops/export")
-    async with remote_session.post(url, json={"entities": ["breakers"]}, headers=BEARER) as resp:
-        assert resp.status == 200
-        assert "breakers" in await resp.json()
+    status, body = await export_breakers(remote_session, gw, BEARER)
+    assert status == 200
+    assert "breakers" in body
 
 
 async def test_too_many_failures_from_one_address_get_429(  # type: ignore[no-untyped-def]

@@ -11,7 +11,7 @@ from aiohttp.test_utils import TestServer
 from gateway.policy.loader import PolicyError, load_policy
 from tests.conftest import GatewayFactory
 from tests.ops.conftest import ADMIN, Client, policy
-from tests.support.upstream import RECORDER
+from tests.support.upstream import RECORDER, base_url
 
 ORIGIN = "https://app.example.com"
 CORS = f"""
@@ -26,7 +26,7 @@ cors:
 
 @pytest.fixture
 async def gw(make_gateway: GatewayFactory, upstream: TestServer) -> Client:
-    return await make_gateway(policy(str(upstream.make_url("")).rstrip("/"), extra=CORS))
+    return await make_gateway(policy(base_url(upstream), extra=CORS))
 
 
 def preflight(origin: str = ORIGIN, method: str = "POST", headers: str = "content-type") -> dict[str, str]:
@@ -81,7 +81,7 @@ async def test_actual_request_gets_cors_headers_and_upstream_ones_are_replaced(
     own = TestServer(app)
     await own.start_server()
     try:
-        gw = await make_gateway(policy(str(own.make_url("")).rstrip("/"), extra=CORS))
+        gw = await make_gateway(policy(base_url(own), extra=CORS))
         resp = await gw.get("/api/things", headers={"Origin": ORIGIN})
         assert resp.status == 200
         assert resp.headers.getall("Access-Control-Allow-Origin") == [ORIGIN]
@@ -121,7 +121,8 @@ async def test_ops_endpoints_are_never_cors_enabled(gw: Client) -> None:
     export = await gw.post(
         "/api/ops/export", headers={**ADMIN, "Origin": ORIGIN}, json={"entities": ["breakers"]}
     )
-    assert export.status == 200 and "Access-Control-Allow-Origin" not in export.headers
+    # A state-changing ops call from another origin is refused outright (CSRF; see test_console.py).
+    assert export.status == 403 and "Access-Control-Allow-Origin" not in export.headers
     pre = await gw.options("/api/ops/export", headers=preflight())
     assert pre.status == 405 and "Access-Control-Allow-Origin" not in pre.headers
 
@@ -129,7 +130,7 @@ async def test_ops_endpoints_are_never_cors_enabled(gw: Client) -> None:
 async def test_without_a_cors_section_preflights_go_to_the_upstream(
     make_gateway: GatewayFactory, upstream: TestServer
 ) -> None:
-    gw = await make_gateway(policy(str(upstream.make_url("")).rstrip("/")))
+    gw = await make_gateway(policy(base_url(upstream)))
     resp = await gw.options("/api/orders", headers=preflight())
     assert (await resp.json())["method"] == "OPTIONS"
     assert "Access-Control-Allow-Origin" not in resp.headers
@@ -141,3 +142,21 @@ def test_credentials_with_any_origin_is_refused_at_load(tmp_path: Path) -> None:
     with pytest.raises(PolicyError) as err:
         load_policy(path)
     assert any("cors" in str(p) and "credentials" in str(p) for p in err.value.problems)
+
+
+@pytest.mark.parametrize(
+    ("setting", "exposed"),
+    [
+        ("", {"X-Request-Id", "RateLimit", "RateLimit-Policy", "Retry-After"}),  # the default
+        ("  expose_headers: [X-Trace-Id, X-Cost]\n", {"X-Trace-Id", "X-Cost"}),
+    ],
+    ids=["default", "set"],
+)
+async def test_a_cors_answer_exposes_the_policys_expose_headers(
+    make_gateway: GatewayFactory, upstream: TestServer, setting: str, exposed: set[str]
+) -> None:
+    gw = await make_gateway(policy(base_url(upstream), extra=CORS + setting))
+    resp = await gw.get("/api/things", headers={"Origin": ORIGIN})
+    assert resp.status == 200 and resp.headers["Access-Control-Allow-Origin"] == ORIGIN
+    listed = {name.strip() for name in resp.headers["Access-Control-Expose-Headers"].split(",")}
+    assert listed == exposed

@@ -11,12 +11,14 @@ import uuid
 from typing import Any
 
 import pytest
+from aiohttp import ClientResponse
 from aiohttp.test_utils import TestServer
 
-from gateway.audit import iso
+from gateway.audit import Batch, iso
 from gateway.events import Event
 from tests.conftest import GatewayFactory
 from tests.ops.conftest import ADMIN, Client, audit_of, policy
+from tests.support.upstream import base_url
 
 BASE = time.time() - 3600  # an hour ago: the events below are spread over the following 100 s
 
@@ -62,7 +64,7 @@ async def gw(
 ) -> Client:
     """A gateway on each audit backend, holding the sample events."""
     text = policy(
-        str(upstream.make_url("")).rstrip("/"),
+        base_url(upstream),
         redis_url=redis_url if request.param == "redis" else "",
         prefix=f"x{uuid.uuid4().hex[:12]}",
     )
@@ -74,21 +76,21 @@ async def gw(
     return client
 
 
+async def export_audit(gw: Client, start: float, end: float | None = None, **options: Any) -> ClientResponse:
+    """POST /api/ops/export of the audit trail from `start` (to `end`), with `options` as the other fields."""
+    span = {"from": iso(start)} if end is None else {"from": iso(start), "to": iso(end)}
+    body = {"entities": ["audit"], "range": span, **options}
+    return await gw.post("/api/ops/export", headers=ADMIN, json=body)
+
+
 def strip(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    return [{k: v for k, v in r.items() if k not in ("id", "entity")} for r in records]
+    assert all(r.get("event_id") for r in records if r.get("entity", "audit") == "audit")
+    return [{k: v for k, v in r.items() if k not in ("id", "event_id", "entity")} for r in records]
 
 
 async def test_json_export_by_time_range_and_filter(gw: Client) -> None:
     start, end = BASE + 20, BASE + 60
-    resp = await gw.post(
-        "/api/ops/export",
-        headers=ADMIN,
-        json={
-            "entities": ["audit"],
-            "range": {"from": iso(start), "to": iso(end)},
-            "filter": {"type": "rate_limit_hit", "actor": "u-42"},
-        },
-    )
+    resp = await export_audit(gw, start, end, filter={"type": "rate_limit_hit", "actor": "u-42"})
     assert resp.status == 200
     assert resp.headers["Content-Type"].startswith("application/json")
     assert resp.headers["Transfer-Encoding"] == "chunked"
@@ -100,16 +102,7 @@ async def test_json_export_by_time_range_and_filter(gw: Client) -> None:
 
 
 async def test_ndjson_export(gw: Client) -> None:
-    resp = await gw.post(
-        "/api/ops/export",
-        headers=ADMIN,
-        json={
-            "entities": ["audit"],
-            "range": {"from": iso(BASE)},
-            "format": "ndjson",
-            "filter": {"type": ["circuit_state_change"]},
-        },
-    )
+    resp = await export_audit(gw, BASE, format="ndjson", filter={"type": ["circuit_state_change"]})
     assert resp.headers["Content-Type"].startswith("application/x-ndjson")
     lines = [json.loads(line) for line in (await resp.text()).splitlines()]
     assert {line["entity"] for line in lines} == {"audit"}
@@ -117,15 +110,7 @@ async def test_ndjson_export(gw: Client) -> None:
 
 
 async def test_csv_export(gw: Client) -> None:
-    resp = await gw.post(
-        "/api/ops/export",
-        headers=ADMIN,
-        json={
-            "entities": ["audit"],
-            "range": {"from": iso(BASE), "to": iso(BASE + 30)},
-            "format": "csv",
-        },
-    )
+    resp = await export_audit(gw, BASE, BASE + 30, format="csv")
     assert resp.headers["Content-Type"].startswith("text/csv")
     rows = list(csv.DictReader(io.StringIO(await resp.text())))
     want = expected(sample(), BASE, BASE + 30)
@@ -138,16 +123,7 @@ async def test_csv_export(gw: Client) -> None:
 
 async def test_repeated_hits_by_the_same_actors_in_one_call(gw: Client) -> None:
     """The runbook's "look for repeated rate_limit_hit events from same actors"."""
-    resp = await gw.post(
-        "/api/ops/export",
-        headers=ADMIN,
-        json={
-            "entities": ["audit"],
-            "range": {"from": iso(BASE)},
-            "filter": {"type": "rate_limit_hit"},
-            "group_by": "actor",
-        },
-    )
+    resp = await export_audit(gw, BASE, filter={"type": "rate_limit_hit"}, group_by="actor")
     audit = (await resp.json())["audit"]
     counts: dict[str, int] = {}
     for record in expected(sample(), BASE, time.time(), type="rate_limit_hit"):
@@ -227,24 +203,20 @@ async def test_invalid_json_is_400(gw: Client) -> None:
 async def test_a_large_range_is_streamed_without_being_held_in_memory(
     make_gateway: GatewayFactory, upstream: TestServer
 ) -> None:
-    gw = await make_gateway(policy(str(upstream.make_url("")).rstrip("/")))
+    gw = await make_gateway(policy(base_url(upstream)))
     store = audit_of(gw).store
     n = 50_000
     for chunk in range(0, n, 5000):
         await store.append(
-            [
+            Batch.of(
                 b'{"time":"%s","type":"rate_limit_hit","actor":"10.1.%d.%d","limit":"per_ip","route":"orders",'
                 b'"key":"ip","shadow":false}' % (iso(BASE + (chunk + i) / 100).encode(), i // 256, i % 256)
                 for i in range(5000)
-            ]
+            )
         )
     tracemalloc.start()
     try:
-        resp = await gw.post(
-            "/api/ops/export",
-            headers=ADMIN,
-            json={"entities": ["audit"], "range": {"from": iso(BASE)}, "format": "ndjson"},
-        )
+        resp = await export_audit(gw, BASE, format="ndjson")
         assert resp.status == 200 and resp.headers["Transfer-Encoding"] == "chunked"
         size, lines = 0, 0
         async for chunk_bytes in resp.content.iter_chunked(1 << 16):

@@ -6,10 +6,11 @@ import aiohttp
 from aiohttp.test_utils import TestServer
 
 from gateway.app import GATEWAY
-from gateway.perf.local import free_port
+from perf.local import free_port
 from tests.conftest import GatewayFactory
 from tests.ops.conftest import policy
 from tests.support.redis import RedisProcess
+from tests.support.upstream import base_url
 
 BREAKERS = """
 breakers:
@@ -21,7 +22,7 @@ async def test_health_is_public_and_reports_policy_breakers_and_upstreams(  # ty
     make_gateway: GatewayFactory, upstream: TestServer, remote_session: aiohttp.ClientSession
 ) -> None:
     dead = f"http://127.0.0.1:{free_port()}"
-    text = policy(str(upstream.make_url("")).rstrip("/"), extra=BREAKERS).replace(
+    text = policy(base_url(upstream), extra=BREAKERS).replace(
         "routes:\n",
         f'  dead: {{url: "{dead}", connect_timeout: 200ms, breaker: payments}}\nroutes:\n'
         '  - {name: pay, match: "* /pay/{rest:.*}", upstream: dead}\n',
@@ -54,7 +55,7 @@ async def test_health_is_public_and_reports_policy_breakers_and_upstreams(  # ty
 async def test_health_says_whether_configured_redis_is_reachable(  # type: ignore[no-untyped-def]
     make_gateway: GatewayFactory, upstream: TestServer, private_redis: RedisProcess
 ) -> None:
-    url = str(upstream.make_url("")).rstrip("/")
+    url = base_url(upstream)
     gw = await make_gateway(policy(url, redis_url=private_redis.url))
     up = await (await gw.get("/api/ops/health")).json()
     assert up["redis"] == {"configured": True, "reachable": True, "error": None}
@@ -73,7 +74,7 @@ async def test_health_says_whether_configured_redis_is_reachable(  # type: ignor
 async def test_health_is_503_draining_once_shutdown_begins(  # type: ignore[no-untyped-def]
     make_gateway: GatewayFactory, upstream: TestServer
 ) -> None:
-    gw = await make_gateway(policy(str(upstream.make_url("")).rstrip("/")))
+    gw = await make_gateway(policy(base_url(upstream)))
     assert (await gw.get("/api/ops/health")).status == 200
     await gw.app.shutdown()  # what the runner does first on SIGTERM: the on_shutdown hooks
     resp = await gw.get("/api/ops/health")

@@ -10,17 +10,24 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
+from aiohttp import ClientResponse
 from aiohttp.test_utils import TestServer
 
 from gateway.audit import iso
 from tests.conftest import GatewayFactory
 from tests.ops.conftest import Client
+from tests.support.upstream import base_url
 from upstream_app.app import build_app as build_demo
 from upstream_app.provider import Faults, build_provider_app
 
 REPO = Path(__file__).resolve().parents[2]
 ADMIN = {"X-User-Id": "6f1c2b9e-0a4d-4c1e-9b7a-2d3e4f5a6b7c"}  # the admin id policies.yaml ships
 CURL_D = {"Content-Type": "application/x-www-form-urlencoded"}
+
+
+async def curl_d(gw: Client, path: str, data: str) -> ClientResponse:
+    """What `curl -X POST URL -H "X-User-Id: <admin-uuid>" -d DATA` sends: a form content type."""
+    return await gw.post(path, headers={**ADMIN, **CURL_D}, data=data)
 
 
 @pytest.fixture
@@ -30,7 +37,7 @@ async def services(tmp_path: Path) -> AsyncIterator[tuple[str, str]]:
     await provider.start_server()
     demo = TestServer(build_demo(str(tmp_path / "demo.sqlite3"), str(provider.make_url("/"))))
     await demo.start_server()
-    yield str(demo.make_url("")).rstrip("/"), str(provider.make_url("")).rstrip("/")
+    yield base_url(demo), base_url(provider)
     await demo.close()
     await provider.close()
 
@@ -111,10 +118,10 @@ async def test_check_audit_logs_for_abuse_patterns(gw: Client) -> None:
     await traffic(gw)
     # curl -X POST "http://localhost:8000/api/ops/export" -H "X-User-Id: <admin-uuid>" \
     #   -d '{"entities": ["audit"], "range": {"from": "2025-09-13T00:00:00Z"}}'
-    resp = await gw.post(
+    resp = await curl_d(
+        gw,
         "/api/ops/export",
-        headers={**ADMIN, **CURL_D},
-        data='{"entities": ["audit"], "range": {"from": "2025-09-13T00:00:00Z"}}',
+        '{"entities": ["audit"], "range": {"from": "2025-09-13T00:00:00Z"}}',
     )
     assert resp.status == 200
     hits = [r for r in (await resp.json())["audit"] if r["type"] == "rate_limit_hit"]
@@ -122,10 +129,10 @@ async def test_check_audit_logs_for_abuse_patterns(gw: Client) -> None:
         ("abuser", "rate_phone_verify_per_hour", "phone_verify")
     ] * 2
     # "Look for repeated rate_limit_hit events from same actors": one call.
-    resp = await gw.post(
+    resp = await curl_d(
+        gw,
         "/api/ops/export",
-        headers={**ADMIN, **CURL_D},
-        data=(
+        (
             '{"entities": ["audit"], "range": {"from": "2025-09-13T00:00:00Z"},'
             ' "filter": {"type": "rate_limit_hit"}, "group_by": "actor"}'
         ),
@@ -137,10 +144,10 @@ async def test_check_audit_logs_for_abuse_patterns(gw: Client) -> None:
 async def test_reset_rate_limits_to_defaults(gw: Client) -> None:
     # curl -X POST "http://localhost:8000/api/ops/rate_limits" -H "X-User-Id: <admin-uuid>" -d '{
     #     "rate_orders_per_hour": 15, "rate_phone_verify_per_hour": 3, "rate_assist_draft_per_hour": 8 }'
-    resp = await gw.post(
+    resp = await curl_d(
+        gw,
         "/api/ops/rate_limits",
-        headers={**ADMIN, **CURL_D},
-        data=(
+        (
             '{\n    "rate_orders_per_hour": 15,\n    "rate_phone_verify_per_hour": 3,\n'
             '    "rate_assist_draft_per_hour": 8\n  }'
         ),

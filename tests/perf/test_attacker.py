@@ -12,9 +12,9 @@ from aiohttp import web
 from aiohttp.test_utils import TestServer
 
 from gateway.cli import main
-from gateway.perf.attacker import Attack, Attacker
-from gateway.perf.results import Result, ResultsWriter, decode
-from gateway.perf.targets import Target
+from perf.attacker import Attack, Attacker
+from perf.results import Result, ResultsWriter, decode
+from perf.targets import Target
 
 ARRIVALS = web.AppKey("arrivals", list)
 

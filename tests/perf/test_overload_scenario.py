@@ -7,11 +7,11 @@ from pathlib import Path
 
 import orjson
 
-from gateway.perf.results import ResultsWriter
-from gateway.perf.run import meta_path, render_comparison, upstream_knobs, verdict_of, write_verdict
-from gateway.perf.scenarios import load_scenarios, merged
-from gateway.perf.verdict import judge
 from gateway.policy.loader import parse_policy
+from perf.results import ResultsWriter
+from perf.run import meta_path, render_comparison, upstream_knobs, verdict_of, write_verdict
+from perf.scenarios import load_scenarios, merged
+from perf.verdict import judge
 from tests.perf.test_verdict import POLICY, check, make
 
 ROOT = Path(__file__).resolve().parents[2]

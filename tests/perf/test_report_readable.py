@@ -7,12 +7,12 @@ from __future__ import annotations
 import io
 import re
 
-from gateway.perf.attacker import Attack, Attacker
-from gateway.perf.report import render_html
-from gateway.perf.results import ResultsWriter
-from gateway.perf.targets import Target
-from gateway.perf.verdict import judge, render_text
 from gateway.policy.loader import parse_policy
+from perf.attacker import Attack, Attacker
+from perf.report import render_html
+from perf.results import ResultsWriter
+from perf.targets import Target
+from perf.verdict import judge, render_text
 from tests.perf.test_attacker import loopback_server
 from tests.perf.test_verdict import POLICY, make
 

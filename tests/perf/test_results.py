@@ -9,7 +9,7 @@ from datetime import UTC, datetime
 
 import pytest
 
-from gateway.perf.results import (
+from perf.results import (
     Result,
     ResultsError,
     ResultsWriter,

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from gateway.perf.targets import TargetError, format_targets, load_targets, parse_targets
+from perf.targets import TargetError, format_targets, load_targets, parse_targets
 
 REPO = Path(__file__).resolve().parents[2]
 

@@ -14,7 +14,7 @@ import sys
 import warnings
 from pathlib import Path
 
-from gateway.perf.results import read_results
+from perf.results import read_results
 
 ROOT = Path(__file__).resolve().parents[2]
 VEGETA_MODULE = "github.com/tsenart/vegeta/v12@v12.13.0"

@@ -9,11 +9,11 @@ from typing import Any
 import orjson
 import pytest
 
-from gateway.perf.results import Result, ResultsWriter
-from gateway.perf.run import meta_path, write_verdict
-from gateway.perf.verdict import Verdict, judge, percentile, render_text, valid_retry_after
 from gateway.policy.loader import parse_policy
 from gateway.policy.model import Policy
+from perf.results import Result, ResultsWriter
+from perf.run import meta_path, write_verdict
+from perf.verdict import Verdict, judge, percentile, render_text, valid_retry_after
 
 POLICY = """
 version: 1

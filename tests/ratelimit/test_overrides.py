@@ -15,8 +15,10 @@ from gateway.events import Events
 from gateway.identity import Identity
 from gateway.policy.loader import parse_policy
 from gateway.ratelimit.limiter import Limiter, route_limits
+from gateway.ratelimit.overrides import Overrides
 from tests.conftest import GatewayFactory
 from tests.ratelimit.conftest import ADMIN, POLICY, Client, policy_fields, record_events
+from tests.support.wait import until
 
 
 async def limits_of(gw: Client) -> dict[str, Any]:
@@ -27,13 +29,14 @@ async def limits_of(gw: Client) -> dict[str, Any]:
 
 
 async def until_rate(gw: Client, name: str, rate: int, source: str) -> None:
-    """Wait (bounded) for a replica's background refresh to show a rate set through another replica."""
-    for _ in range(100):
+    """Wait (bounded) for a replica's background refresh to show a rate set through another replica (it polls
+    every override_refresh, 100 ms, on its own)."""
+
+    async def shown() -> bool:
         limit = (await limits_of(gw))[name]
-        if (limit["rate"], limit["source"]) == (rate, source):
-            return
-        await asyncio.sleep(0.05)  # the other replica polls every override_refresh (100ms) on its own
-    raise AssertionError(f"{name} never showed rate {rate} ({source})")
+        return bool((limit["rate"], limit["source"]) == (rate, source))
+
+    await until(shown, every=0.05, what=f"{name} shows rate {rate} ({source})")
 
 
 async def admitted(gw: Client, user: str, n: int) -> int:
@@ -192,11 +195,43 @@ async def test_a_removed_limits_override_is_removed_from_redis_too(redis_url: st
         assert await client.hgetall(f"{prefix}:rl:overrides") == {"spare": "4", "keep": "60"}
         second = Limiter(parse_policy(storage + policy_text(with_limit=False)), first, events=events)
         await first.close()
-        for _ in range(100):  # pruned by a background task of the new limiter
-            if await client.hgetall(f"{prefix}:rl:overrides") == {"keep": "60"}:
-                break
-            await asyncio.sleep(0.01)
+        async def pruned() -> bool:  # by a background task of the new limiter
+            return bool(await client.hgetall(f"{prefix}:rl:overrides") == {"keep": "60"})
+
+        await until(pruned, what="the removed limit's override is pruned")
         assert await client.hgetall(f"{prefix}:rl:overrides") == {"keep": "60"}
         await second.close()
     finally:
         await client.aclose()
+
+
+async def test_close_stops_the_refresh_even_when_the_read_swallows_the_cancel() -> None:
+    """The poll loop's own logic: a read that turns close()'s cancel into a store error (as a Redis call under
+    asyncio.timeout or redis-py can) must not leave the loop sleeping on with close() waiting on it for ever.
+    (Seen for real: `make test` hung in a gateway fixture's teardown on this task.)"""
+    reading = asyncio.Event()
+    swallow = [True]
+
+    class SwallowingStore:
+        async def read_overrides(self) -> dict[str, int]:
+            reading.set()
+            try:
+                await asyncio.sleep(3600)
+            except asyncio.CancelledError:
+                if swallow[0]:
+                    raise TimeoutError from None  # one of STORE_ERRORS: refresh() keeps the last values
+                raise
+            return {}
+
+    overrides = Overrides(SwallowingStore(), refresh=0.01)  # type: ignore[arg-type]
+    overrides.start()
+    await reading.wait()
+    closing = asyncio.create_task(overrides.close())
+    done, _ = await asyncio.wait({closing}, timeout=5)  # not wait_for: it would wait on the stuck close too
+    swallow[0] = False
+    if not done:  # the bug: stop the loop so the test ends (and fails) instead of hanging
+        while not closing.done():
+            if overrides._task is not None:
+                overrides._task.cancel()
+            await asyncio.sleep(0.01)
+    assert done, "close() did not return: the poll loop swallowed the cancel"

@@ -7,6 +7,8 @@ the 50 ms deadline is real time and so is every elapsed time measured here.
 from __future__ import annotations
 
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 import pytest
@@ -14,6 +16,7 @@ import redis.asyncio as aioredis
 from aiohttp.test_utils import TestServer
 
 from tests.ratelimit.conftest import POLICY, Client, ClockedFactory, limiter_of, policy_fields, record_events
+from tests.support.clock import ManualClock
 from tests.support.redis import RedisProcess
 
 # Fixture order matters: private_redis first, so it is stopped after the gateway has closed.
@@ -27,12 +30,21 @@ async def timed(gw: Client, path: str, user: str) -> tuple[int, float, dict[str,
     return response.status, time.perf_counter() - started, dict(response.headers), body
 
 
-def restore(server: RedisProcess, fault: str) -> None:
-    """Bring Redis back before teardown, so that nothing closing after the test waits on a dead server."""
+@contextmanager
+def redis_fault(server: RedisProcess, fault: str) -> Iterator[None]:
+    """Kill or freeze Redis for the block, then bring it back (also before teardown, so that nothing closing
+    after the test waits on a dead server)."""
     if fault == "killed":
-        server.start()  # same port, empty: no keys and no script (NOSCRIPT is handled)
+        server.stop()
     else:
-        server.thaw()
+        server.freeze()
+    try:
+        yield
+    finally:
+        if fault == "killed":
+            server.start()  # same port, empty: no keys and no script (NOSCRIPT is handled)
+        else:
+            server.thaw()
 
 
 async def statuses(gw: Client, path: str, user: str, n: int) -> list[int]:
@@ -44,18 +56,27 @@ async def statuses(gw: Client, path: str, user: str, n: int) -> list[int]:
     return out
 
 
-@pytest.mark.parametrize("fault", ["killed", "frozen"])
+@pytest.fixture(params=["killed", "frozen"])
+def fault(request: pytest.FixtureRequest) -> str:
+    """How Redis goes away: the process killed, or stopped (SIGSTOP) so that calls hang."""
+    return str(request.param)
+
+
+@pytest.fixture
+async def on_redis(
+    private_redis: RedisProcess, clocked_gateway: ClockedFactory, upstream: TestServer
+) -> tuple[Client, ManualClock]:
+    """A gateway on the private Redis, with the production deadline (50 ms) and a clock the test moves."""
+    return await clocked_gateway(POLICY, **policy_fields(upstream, private_redis.url, timeout="50ms"))
+
+
 async def test_each_on_redis_error_mode_does_what_it_says(
-    private_redis: RedisProcess, clocked_gateway: ClockedFactory, upstream: TestServer, fault: str
+    private_redis: RedisProcess, on_redis: tuple[Client, ManualClock], fault: str
 ) -> None:
-    gw, _ = await clocked_gateway(POLICY, **policy_fields(upstream, private_redis.url, timeout="50ms"))
+    gw, _ = on_redis
     events = record_events(gw)
     assert await statuses(gw, "/local", "u1", 3) == [200, 200, 429]  # Redis decides while it is up
-    if fault == "killed":
-        private_redis.stop()
-    else:
-        private_redis.freeze()
-    try:
+    with redis_fault(private_redis, fault):
         # A refusal learnt from Redis still holds: u1's shared bucket is empty whatever happens to Redis.
         assert await statuses(gw, "/local", "u1", 1) == [429]
         # local: in-process buckets take over for everyone else.
@@ -76,29 +97,20 @@ async def test_each_on_redis_error_mode_does_what_it_says(
         assert stats["breaches"] == {"fail_local": 3}
         changes = [e.fields for e in events if e.type == "redis_state_change"]
         assert len(changes) == 1 and changes[0]["to"] == "down" and changes[0]["error"]
-    finally:
-        restore(private_redis, fault)
 
 
-@pytest.mark.parametrize("fault", ["killed", "frozen"])
 async def test_redis_comes_back_by_itself_after_one_probe_per_interval(
-    private_redis: RedisProcess, clocked_gateway: ClockedFactory, upstream: TestServer, fault: str
+    private_redis: RedisProcess, on_redis: tuple[Client, ManualClock], fault: str
 ) -> None:
-    gw, clock = await clocked_gateway(POLICY, **policy_fields(upstream, private_redis.url, timeout="50ms"))
+    gw, clock = on_redis
     events = record_events(gw)
     health = limiter_of(gw).stats
-    if fault == "killed":
-        private_redis.stop()
-    else:
-        private_redis.freeze()
-    try:
+    with redis_fault(private_redis, fault):
         await statuses(gw, "/allow", "u2", 3)
         assert (health()["redis"]["errors"], health()["redis"]["skipped"]) == (1, 2)
         clock.advance(0.3)  # one probe per retry_interval: it finds Redis still gone
         await statuses(gw, "/allow", "u2", 2)
         assert (health()["redis"]["errors"], health()["redis"]["skipped"]) == (2, 3)
-    finally:
-        restore(private_redis, fault)
     assert await statuses(gw, "/ten", "u3", 1) == [200]  # still within the back-off: skipped
     assert health()["redis"]["up"] is False
     clock.advance(0.3)
@@ -114,10 +126,10 @@ async def test_redis_comes_back_by_itself_after_one_probe_per_interval(
 
 
 async def test_a_slow_upstream_does_not_count_against_the_deadline(
-    private_redis: RedisProcess, clocked_gateway: ClockedFactory, upstream: TestServer
+    private_redis: RedisProcess, on_redis: tuple[Client, ManualClock]
 ) -> None:
     # The deadline covers the Redis check only: a 300 ms upstream answer is relayed normally.
-    gw, _ = await clocked_gateway(POLICY, **policy_fields(upstream, private_redis.url, timeout="50ms"))
+    gw, _ = on_redis
     private_redis.freeze()
     try:
         started = time.perf_counter()

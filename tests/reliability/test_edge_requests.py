@@ -107,7 +107,10 @@ async def test_100_continue_only_after_the_request_is_admitted(
     assert line.startswith(b"HTTP/1.1 100"), line
     line = await first_answer(gw.port, b"POST /once HTTP/1.1\r\nHost: x\r\nContent-Length: 2\r\n" + expect)
     assert line.startswith(b"HTTP/1.1 429"), line
-    # The ops API decides on credentials before it asks for the body.
+    # The ops API decides on credentials (and on whether the endpoint exists) before it asks for the body.
+    line = await first_answer(gw.port, b"POST /api/ops/nothing HTTP/1.1\r\nHost: localhost\r\n"
+                              b"Content-Length: 2\r\n" + expect)
+    assert line.startswith(b"HTTP/1.1 404"), line
     ops = b"POST /api/ops/reload HTTP/1.1\r\nHost: localhost\r\nContent-Length: 2\r\n"  # one of admin.hosts
     line = await first_answer(gw.port, ops + expect)
     assert line.startswith(b"HTTP/1.1 401") or line.startswith(b"HTTP/1.1 403"), line
@@ -120,3 +123,29 @@ async def test_100_continue_only_after_the_request_is_admitted(
         assert (await asyncio.wait_for(reader.readline(), 5)).startswith(b"HTTP/1.1 200")
     finally:
         writer.close()
+
+
+async def test_a_body_never_sent_on_a_retried_route_times_out_and_frees_its_slot(
+    make_gateway: GatewayFactory, upstream: TestServer
+) -> None:
+    """A replayable request's body is read whole before the first attempt: within the route's timeout. (It
+    had no deadline: a PUT that never sent its last byte held an upstream request slot for good, and a few
+    of them got every request to that upstream refused with 503 upstream_overloaded.)"""
+    policy = (
+        'version: 1\nupstreams: {{app: {{url: "{url}", timeout: 500ms, max_requests: 1}}}}\n'
+        'routes: [{{name: r, match: "* /{{p:.*}}", upstream: app, retries: {{attempts: 2}}}}]\n'
+    )
+    gw = await make_gateway(policy, url=url_of(upstream))
+    assert gw.port is not None
+    reader, writer = await asyncio.open_connection("127.0.0.1", gw.port)
+    try:
+        writer.write(b"PUT /echo HTTP/1.1\r\nHost: x\r\nContent-Length: 100\r\n\r\nonly-some")
+        head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 5)
+        assert head.startswith(b"HTTP/1.1 408"), head
+        assert b"Connection: close" in head
+        length = int(head.split(b"Content-Length: ")[1].split(b"\r\n")[0])
+        assert json.loads(await reader.readexactly(length))["error"] == "client_timeout"
+    finally:
+        writer.close()
+    response = await gw.get("/echo")  # the upstream's only request slot is free again
+    assert response.status == 200

@@ -8,7 +8,7 @@ import os
 import sys
 from pathlib import Path
 
-from gateway.perf.local import free_port
+from perf.local import free_port
 from tests.support.process import ROOT
 from tests.support.raw import raw_request
 

@@ -9,9 +9,10 @@ import time
 import pytest
 from aiohttp.test_utils import TestClient, TestServer
 
-from tests.conftest import GatewayFactory
+from tests.conftest import GatewayFactory, open_connections
 from tests.support.raw import raw_request
-from tests.support.upstream import RECORDER
+from tests.support.upstream import RECORDER, base_url
+from tests.support.wait import until
 
 POLICY = """
 version: 1
@@ -66,7 +67,7 @@ HOSTILE = {
 @pytest.fixture
 async def gw(make_gateway: GatewayFactory, upstream: TestServer) -> TestClient:  # type: ignore[type-arg]
     return await make_gateway(
-        POLICY, url=str(upstream.make_url("")).rstrip("/"), header_timeout="500ms", max_connections=50
+        POLICY, url=base_url(upstream), header_timeout="500ms", max_connections=50
     )
 
 
@@ -108,8 +109,9 @@ async def test_slow_clients_are_cut_at_the_header_deadline_and_others_still_serv
     for _ in range(40):  # slowloris: open, send a partial head, never finish
         reader, writer = await asyncio.open_connection("127.0.0.1", gw.port)
         writer.write(b"GET /echo HTTP/1.1\r\nHost: x\r\nX-Slow: ")
+        await writer.drain()
         slow.append((reader, writer))
-    await asyncio.sleep(0)
+    await until(lambda: open_connections(gw) == 40, what="the gateway holds the 40 slow connections")
     resp = await gw.get("/echo")  # a normal client is served while they hang
     assert resp.status == 200
     started = time.monotonic()
@@ -122,14 +124,14 @@ async def test_slow_clients_are_cut_at_the_header_deadline_and_others_still_serv
 
 async def test_connections_over_the_cap_get_503_and_close(gw: TestClient) -> None:  # type: ignore[type-arg]
     held = [await asyncio.open_connection("127.0.0.1", gw.port) for _ in range(50)]
-    await asyncio.sleep(0.05)
+    await until(lambda: open_connections(gw) == 50, what="the gateway accepted the 50 held connections")
     status, headers, body = await raw_request(gw.port, b"GET /echo HTTP/1.1\r\nHost: x\r\n\r\n")
     assert status == 503
     assert headers["retry-after"] == "1"
     assert json.loads(body)["error"] == "too_many_connections"
     for _, w in held:
         w.close()
-    await asyncio.sleep(0.05)
+    await until(lambda: open_connections(gw) == 0, what="the gateway saw the held connections close")
     status, _, _ = await raw_request(gw.port, b"GET /echo HTTP/1.1\r\nHost: x\r\n\r\n")
     assert status == 200
 
@@ -156,7 +158,7 @@ async def test_stalled_uploads_are_the_clients_fault_and_never_open_the_breaker(
         'version: 1\nupstreams: {{app: {{url: "{url}", timeout: 300ms, breaker: app}}}}\n'
         "breakers: {{app: {{consecutive_failures: 2, reset_timeout: 60s}}}}\n"
         'routes: [{{name: d, match: "* /{{p:.*}}", upstream: app}}]\n',
-        url=str(upstream.make_url("")).rstrip("/"),
+        url=base_url(upstream),
     )
     stalled = b"POST /echo HTTP/1.1\r\nHost: x\r\nContent-Length: 10\r\n\r\nab"  # 8 bytes short, forever
     answers = await asyncio.gather(*(raw_request(gw.port, stalled) for _ in range(3)))

@@ -10,6 +10,7 @@ from aiohttp.test_utils import TestClient, TestServer
 from multidict import CIMultiDict
 
 from tests.conftest import FileGatewayFactory, GatewayFactory
+from tests.support.upstream import base_url
 
 POLICY = """
 version: 1
@@ -40,7 +41,7 @@ def sent(body: bytes) -> dict[str, str]:
 async def test_user_header_from_an_untrusted_network_is_ignored_and_not_forwarded(
     make_gateway: GatewayFactory, upstream: TestServer
 ) -> None:
-    gw = await make_gateway(POLICY, url=str(upstream.make_url("")).rstrip("/"), proxies="10.0.0.0/8")
+    gw = await make_gateway(POLICY, url=base_url(upstream), proxies="10.0.0.0/8")
     resp = await get_from(gw, "127.0.0.2", "/echo", SPOOF)
     seen = sent(await resp.read())
     assert "x-user-id" not in seen  # the upstream cannot be fooled either
@@ -59,7 +60,7 @@ async def test_user_header_from_an_untrusted_network_is_ignored_and_not_forwarde
 async def test_user_header_from_a_trusted_network_is_believed_and_forwarded(
     make_gateway: GatewayFactory, upstream: TestServer
 ) -> None:
-    gw = await make_gateway(POLICY, url=str(upstream.make_url("")).rstrip("/"), proxies="10.0.0.0/8")
+    gw = await make_gateway(POLICY, url=base_url(upstream), proxies="10.0.0.0/8")
     seen = sent(await (await gw.get("/echo", headers={"X-User-Id": "alice"})).read())
     assert seen["x-user-id"] == "alice"
     statuses = [(await gw.get("/limited", headers={"X-User-Id": f"user{i}"})).status for i in range(3)]
@@ -69,7 +70,7 @@ async def test_user_header_from_a_trusted_network_is_believed_and_forwarded(
 async def test_a_trusted_proxy_keeps_its_address_headers(
     make_gateway: GatewayFactory, upstream: TestServer
 ) -> None:
-    gw = await make_gateway(POLICY, url=str(upstream.make_url("")).rstrip("/"), proxies="127.0.0.2/32")
+    gw = await make_gateway(POLICY, url=base_url(upstream), proxies="127.0.0.2/32")
     headers = {
         "X-Forwarded-For": "203.0.113.9",
         "X-Forwarded-Proto": "https",
@@ -92,7 +93,7 @@ async def test_every_forwarded_for_line_counts_so_a_forged_first_line_cannot_win
     counts in the last line: read alone, the client's forged first line made anyone an admin."""
     gw = await make_gateway(
         POLICY.replace("version: 1\n", "version: 1\nadmin: {{user_ids: [admin-1]}}\n"),
-        url=str(upstream.make_url("")).rstrip("/"),
+        url=base_url(upstream),
         proxies="127.0.0.2/32",
     )
     lines = CIMultiDict([("X-Forwarded-For", "127.0.0.1"), ("X-Forwarded-For", "203.0.113.9")])
@@ -111,7 +112,7 @@ async def test_a_proxy_removed_from_trust_by_a_reload_loses_the_admin_gate_too(
 ) -> None:
     admin = "admin: {{user_ids: [admin-1], trusted_networks: [127.0.0.1/32]}}\n"
     text = POLICY.replace("version: 1\n", "version: 1\n" + admin).format(
-        url=str(upstream.make_url("")).rstrip("/"), proxies="{proxies}"
+        url=base_url(upstream), proxies="{proxies}"
     )
     client, path = await make_gateway_file(text.replace("{proxies}", "127.0.0.2/32"), watch=False)
     claim = {"X-Forwarded-For": "127.0.0.1", "X-User-Id": "admin-1"}  # "my client is local and an admin"

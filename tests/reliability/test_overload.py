@@ -7,6 +7,7 @@ import asyncio
 from aiohttp.test_utils import TestServer
 
 from tests.conftest import GatewayFactory
+from tests.support.upstream import base_url
 
 
 async def test_requests_beyond_the_in_flight_cap_get_503_with_retry_after(
@@ -15,7 +16,7 @@ async def test_requests_beyond_the_in_flight_cap_get_503_with_retry_after(
     gw = await make_gateway(
         'version: 1\nupstreams: {{app: {{url: "{url}", max_requests: 3}}}}\n'
         'routes: [{{name: d, match: "* /{{p:.*}}", upstream: app}}]\n',
-        url=str(upstream.make_url("")).rstrip("/"),
+        url=base_url(upstream),
     )
     responses = await asyncio.gather(*(gw.get("/slow?s=0.5") for _ in range(8)))
     statuses = sorted(r.status for r in responses)

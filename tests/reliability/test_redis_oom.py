@@ -9,6 +9,7 @@ from aiohttp.test_utils import TestServer
 from tests.conftest import GatewayFactory
 from tests.support.clock import ManualClock
 from tests.support.redis import start_redis
+from tests.support.upstream import base_url
 
 POLICY = """
 version: 1
@@ -33,7 +34,7 @@ async def test_out_of_memory_redis_follows_on_redis_error_and_recovers(
     try:
         clock = ManualClock()  # the Redis back-off (retry_interval) runs on it: no sleeping
         gw = await make_gateway(
-            POLICY, clock=clock, redis=server.url, url=str(upstream.make_url("")).rstrip("/")
+            POLICY, clock=clock, redis=server.url, url=base_url(upstream)
         )
         assert (await gw.get("/local", headers={"X-User-Id": "before"})).status == 200
         # Fill memory until Redis refuses writes.

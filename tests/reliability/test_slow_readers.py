@@ -15,6 +15,8 @@ from aiohttp.test_utils import TestServer
 from gateway.app import GATEWAY
 from tests.conftest import GatewayFactory
 from tests.support.raw import raw_request
+from tests.support.upstream import base_url
+from tests.support.wait import until
 
 POLICY = """
 version: 1
@@ -40,11 +42,13 @@ async def stalled_reader(port: int) -> socket.socket:
 async def test_stalled_readers_are_cut_off_and_never_starve_the_pool_or_open_the_breaker(
     make_gateway: GatewayFactory, upstream: TestServer
 ) -> None:
-    gw = await make_gateway(POLICY, url=str(upstream.make_url("")).rstrip("/"))
+    gw = await make_gateway(POLICY, url=base_url(upstream))
     assert gw.port is not None
     stalled = [await stalled_reader(gw.port) for _ in range(2)]
     try:
-        await asyncio.sleep(0.1)  # let both take a pooled connection (the load the attack needs)
+        pool = gw.app[GATEWAY].current().clients["app"]
+        # Both hold a pooled connection (the load the attack needs).
+        await until(lambda: pool.connections_in_use == 2, what="the stalled readers hold both connections")
         # A normal client gets its answer: the stalled ones are cut at the write deadline (slots freed).
         for _ in range(3):
             status, _, body = await raw_request(gw.port, b"GET /ok HTTP/1.1\r\nHost: x\r\n\r\n", wait=5)
@@ -75,15 +79,12 @@ routes:
 async def test_waiting_for_a_full_pool_is_not_the_upstreams_failure(
     make_gateway: GatewayFactory, upstream: TestServer
 ) -> None:
-    gw = await make_gateway(POOL_POLICY, url=str(upstream.make_url("")).rstrip("/"))
+    gw = await make_gateway(POOL_POLICY, url=base_url(upstream))
     # A slow (but healthy) call holds the only connection; another waits for the pool past its own deadline
     # and gets 503 pool_timeout, which says nothing of the upstream: the breaker stays closed.
     holder = asyncio.ensure_future(gw.get("/slow?s=2"))
     pool = gw.app[GATEWAY].current().clients["app"]
-    for _ in range(200):  # until the slow call holds the only connection
-        if pool.connections_in_use == 1:
-            break
-        await asyncio.sleep(0.01)
+    await until(lambda: pool.connections_in_use == 1, what="the slow call holds the only connection")
     queued = await gw.get("/echo")
     assert queued.status == 503 and (await queued.json())["error"] == "pool_timeout"
     assert (await holder).status == 200

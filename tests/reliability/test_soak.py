@@ -16,6 +16,7 @@ from aiohttp.test_utils import TestServer
 
 from tests.support.process import start_gateway
 from tests.support.redis import start_redis
+from tests.support.wait import until
 
 ADMIN = {"X-User-Id": "soak-admin"}
 POLICY = """
@@ -103,7 +104,12 @@ async def test_soak(tmp_path: Path) -> None:
                     redis.restart()
             await asyncio.gather(*pending)
             rss_end = rss_kib(proc.pid)
-            await asyncio.sleep(1.5)  # let the audit writer drain
+
+            async def audit_drained() -> bool:
+                async with session.get(f"{base}/api/ops/health") as health:
+                    return bool((await health.json())["audit"]["queued"] == 0)
+
+            await until(audit_drained, within=30, every=0.1, what="the audit writer drains its queue")
             async with session.post(
                 f"{base}/api/ops/export",
                 headers=ADMIN,

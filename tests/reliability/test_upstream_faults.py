@@ -11,9 +11,10 @@ import pytest
 from aiohttp.test_utils import TestClient, TestServer
 
 from gateway.app import GATEWAY
-from gateway.perf.local import free_port
+from perf.local import free_port
 from tests.conftest import GatewayFactory
 from tests.support.faults import FaultProxy
+from tests.support.wait import until
 
 POLICY = """
 version: 1
@@ -99,8 +100,15 @@ async def test_nothing_leaks_after_many_faults(gw: TestClient, proxy: FaultProxy
                     await resp.read() if resp.status != 200 or mode == "pass" else None
 
     async def settle() -> tuple[int, int]:
-        await asyncio.sleep(0.2)
-        return open_fds(), len(asyncio.all_tasks())
+        """(fds, tasks) once every upstream connection is released and three samples 50 ms apart agree."""
+        samples: list[tuple[int, int]] = []
+
+        def quiet() -> bool:
+            samples.append((open_fds(), len(asyncio.all_tasks())))
+            return client.connections_in_use == 0 and len(samples) >= 3 and len(set(samples[-3:])) == 1
+
+        await until(quiet, every=0.05, what="sockets and tasks stop changing after the faults")
+        return samples[-1]
 
     await round_of_faults()
     fds_before, tasks_before = await settle()

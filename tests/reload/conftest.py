@@ -13,7 +13,7 @@ from aiohttp.test_utils import TestClient, TestServer
 
 from gateway.app import GATEWAY, Gateway
 from gateway.events import Event
-from tests.support.upstream import RECORDER, recording_app
+from tests.support.upstream import RECORDER, recording_app, serving
 
 ADMIN = "reload-test-admin"
 ADMIN_HEADERS = {"X-User-Id": ADMIN}  # believed from loopback only (admin.trusted_networks default)
@@ -24,14 +24,8 @@ Client = TestClient[web.Request, web.Application]
 @pytest.fixture
 async def upstream_b() -> AsyncIterator[TestServer]:
     """A second recording upstream, so a test can tell which one a request reached."""
-    server = TestServer(recording_app())
-    await server.start_server()
-    yield server
-    await server.close()
-
-
-def base_url(server: TestServer) -> str:
-    return str(server.make_url("")).rstrip("/")
+    async with serving(recording_app()) as server:
+        yield server
 
 
 def seen(server: TestServer) -> list[str]:

@@ -7,7 +7,8 @@ import asyncio
 from aiohttp.test_utils import TestServer
 
 from tests.conftest import FileGatewayFactory
-from tests.reload.conftest import ADMIN, ADMIN_HEADERS, base_url, gateway_of, reload_events
+from tests.reload.conftest import ADMIN, ADMIN_HEADERS, gateway_of, reload_events
+from tests.support.upstream import base_url
 
 LIMITED = """version: 1
 upstreams:

@@ -20,12 +20,12 @@ from tests.reload.conftest import (
     ADMIN,
     ADMIN_HEADERS,
     Client,
-    base_url,
     gateway_of,
     reload_events,
     replace_atomically,
     seen,
 )
+from tests.support.upstream import base_url
 
 POLICY = """version: 1
 admin: {{user_ids: ["{admin}"]}}

@@ -7,7 +7,8 @@ import asyncio
 from aiohttp.test_utils import TestServer
 
 from tests.conftest import FileGatewayFactory
-from tests.reload.conftest import ADMIN, ADMIN_HEADERS, base_url, gateway_of, seen
+from tests.reload.conftest import ADMIN, ADMIN_HEADERS, gateway_of, seen
+from tests.support.upstream import base_url
 
 POLICY = """version: 1
 admin: {{user_ids: ["{admin}"]}}

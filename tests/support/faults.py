@@ -7,12 +7,13 @@ import contextlib
 import socket
 from dataclasses import dataclass, field
 
-MODES = ("pass", "close_on_accept", "hang", "reset_midbody", "malformed", "trickle")
-
 
 @dataclass
 class FaultProxy:
-    """Listens on a loopback port and, by `mode`, forwards to `target_port` or misbehaves."""
+    """Listens on a loopback port and, by `mode`, forwards to `target_port` or misbehaves.
+
+    Modes: pass, close_on_accept, hang, reset_midbody, malformed, trickle.
+    """
 
     target_port: int
     mode: str = "pass"

@@ -7,7 +7,8 @@ import os
 import sys
 from pathlib import Path
 
-from gateway.perf.local import free_port
+from perf.local import free_port
+from tests.support.wait import refuses_connections, until
 
 ROOT = str(Path(__file__).resolve().parents[2])
 
@@ -31,12 +32,15 @@ async def start_gateway(policy: Path, *args: str) -> tuple[asyncio.subprocess.Pr
         cwd=policy.parent,
         env={**os.environ, "PYTHONPATH": ROOT},
     )
-    for _ in range(200):
-        try:
-            _, writer = await asyncio.open_connection("127.0.0.1", port)
-            writer.close()
-            return proc, port
-        except OSError:
-            await asyncio.sleep(0.05)
-    proc.kill()
-    raise RuntimeError("gateway did not start")
+
+    async def listening() -> bool:
+        if proc.returncode is not None:
+            raise RuntimeError(f"gateway exited with {proc.returncode} before it listened")
+        return not await refuses_connections(port)
+
+    try:
+        await until(listening, within=10, every=0.05, what="the gateway process listens")
+    except AssertionError:
+        proc.kill()
+        raise RuntimeError("gateway did not start") from None
+    return proc, port

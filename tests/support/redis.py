@@ -10,7 +10,7 @@ import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from gateway.perf.local import free_port, redis_command, wait_for_redis
+from perf.local import free_port, redis_command, wait_for_redis
 
 
 @dataclass

@@ -4,9 +4,12 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 
 from aiohttp import web
+from aiohttp.test_utils import TestServer
 
 
 @dataclass
@@ -112,3 +115,19 @@ def recording_app() -> web.Application:
     app.router.add_route("*", "/status/{code}", status)
     app.router.add_route("*", "/{tail:.*}", echo)
     return app
+
+
+def base_url(server: TestServer) -> str:
+    """The server's URL without a trailing slash: what a policy's `upstreams.NAME.url` takes."""
+    return str(server.make_url("")).rstrip("/")
+
+
+@asynccontextmanager
+async def serving(app: web.Application) -> AsyncIterator[TestServer]:
+    """`app` on a loopback port for the block."""
+    server = TestServer(app)
+    await server.start_server()
+    try:
+        yield server
+    finally:
+        await server.close()

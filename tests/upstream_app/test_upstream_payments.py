@@ -7,7 +7,7 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 import pytest
-from aiohttp import web
+from aiohttp import ClientResponse, web
 from aiohttp.test_utils import TestClient
 from aiohttp.web import Application, Request
 from pytest_aiohttp import AiohttpClient, AiohttpServer
@@ -34,6 +34,14 @@ async def _faults(provider_client: ProviderClient, **knobs: Any) -> dict[str, An
     return state
 
 
+async def _pay(
+    client: AppClient, order_id: str, amount_cents: int = 100, currency: str = "USD"
+) -> ClientResponse:
+    """Alice asks for a payment intent for `order_id`."""
+    body = {"order_id": order_id, "amount_cents": amount_cents, "currency": currency}
+    return await client.post("/api/payments/intent", json=body, headers=ALICE)
+
+
 def _intents(db_path: str) -> list[tuple[str, str, str, int, str]]:
     with sqlite3.connect(db_path) as conn:
         rows = conn.execute("SELECT id, order_id, user_id, amount_cents, currency FROM payment_intents")
@@ -44,11 +52,7 @@ async def test_payment_intent_happy_path(
     client: AppClient, provider_client: ProviderClient, db_path: str
 ) -> None:
     order_id = await _order(client)
-    resp = await client.post(
-        "/api/payments/intent",
-        json={"order_id": order_id, "amount_cents": 2500, "currency": "EUR"},
-        headers=ALICE,
-    )
+    resp = await _pay(client, order_id, 2500, "EUR")
     assert resp.status == 201
     body = await resp.json()
     assert body["id"].startswith("pi_")
@@ -63,11 +67,7 @@ async def test_provider_failure_status_becomes_502(
 ) -> None:
     order_id = await _order(client)
     await _faults(provider_client, failure_ratio=1.0, status=500)
-    resp = await client.post(
-        "/api/payments/intent",
-        json={"order_id": order_id, "amount_cents": 100, "currency": "USD"},
-        headers=ALICE,
-    )
+    resp = await _pay(client, order_id)
     assert resp.status == 502
     body = await resp.json()
     assert (body["error"], body["provider_status"]) == ("payment_provider_error", 500)
@@ -79,11 +79,7 @@ async def test_provider_503_is_passed_through_with_retry_after(
 ) -> None:
     order_id = await _order(client)
     await _faults(provider_client, failure_ratio=1.0, status=503)
-    resp = await client.post(
-        "/api/payments/intent",
-        json={"order_id": order_id, "amount_cents": 100, "currency": "USD"},
-        headers=ALICE,
-    )
+    resp = await _pay(client, order_id)
     assert resp.status == 503
     assert resp.headers["Retry-After"] == "1"
     assert (await resp.json())["provider_status"] == 503
@@ -94,11 +90,7 @@ async def test_provider_down_becomes_502(
 ) -> None:
     order_id = await _order(client)
     await _faults(provider_client, down=True)
-    resp = await client.post(
-        "/api/payments/intent",
-        json={"order_id": order_id, "amount_cents": 100, "currency": "USD"},
-        headers=ALICE,
-    )
+    resp = await _pay(client, order_id)
     assert resp.status == 502
     assert (await resp.json())["error"] == "payment_provider_unreachable"
     assert (await _faults(provider_client))["calls"] == 1, "no retries: the gateway owns those"
@@ -109,11 +101,7 @@ async def test_provider_timeout_becomes_504(make_client: AppFactory, provider_cl
     client = await make_client(provider_timeout=0.05)
     order_id = await _order(client)
     await _faults(provider_client, latency_ms=100)
-    resp = await client.post(
-        "/api/payments/intent",
-        json={"order_id": order_id, "amount_cents": 100, "currency": "USD"},
-        headers=ALICE,
-    )
+    resp = await _pay(client, order_id)
     assert resp.status == 504
     assert (await resp.json())["error"] == "payment_provider_timeout"
 
@@ -123,11 +111,7 @@ async def test_unreachable_provider_port_becomes_502(
 ) -> None:
     client = await aiohttp_client(build_app(db_path, f"http://127.0.0.1:{unused_tcp_port}"))
     order_id = await _order(client)
-    resp = await client.post(
-        "/api/payments/intent",
-        json={"order_id": order_id, "amount_cents": 100, "currency": "USD"},
-        headers=ALICE,
-    )
+    resp = await _pay(client, order_id)
     assert resp.status == 502
 
 
@@ -142,11 +126,7 @@ async def test_malformed_provider_success_body_becomes_502(
     server = await aiohttp_server(bad)
     client = await aiohttp_client(build_app(db_path, str(server.make_url("/"))))
     order_id = await _order(client)
-    resp = await client.post(
-        "/api/payments/intent",
-        json={"order_id": order_id, "amount_cents": 100, "currency": "USD"},
-        headers=ALICE,
-    )
+    resp = await _pay(client, order_id)
     assert resp.status == 502
     assert (await resp.json())["error"] == "payment_provider_error"
     assert _intents(db_path) == []
@@ -157,11 +137,7 @@ async def test_foreign_or_missing_order_is_404_and_provider_not_called(
     client: AppClient, provider_client: ProviderClient, order_owner: str | None
 ) -> None:
     order_id = await _order(client, {"X-User-Id": order_owner}) if order_owner else "no-such-order"
-    resp = await client.post(
-        "/api/payments/intent",
-        json={"order_id": order_id, "amount_cents": 100, "currency": "EUR"},
-        headers=ALICE,
-    )
+    resp = await _pay(client, order_id, currency="EUR")
     assert resp.status == 404
     assert (await resp.json())["error"] == "order_not_found"
     assert (await _faults(provider_client))["calls"] == 0

@@ -22,9 +22,9 @@ import aiohttp
 from multidict import CIMultiDict
 from yarl import URL
 
-from gateway.perf import http1
-from gateway.perf.results import Result, canonical_header
-from gateway.perf.targets import Target
+from perf import http1
+from perf.results import Result, canonical_header
+from perf.targets import Target
 
 Sink = Callable[[Result], None]
 # A generator whose 99th-percentile send lag passes this did not keep the asked rate.

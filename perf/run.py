@@ -30,13 +30,13 @@ import aiohttp
 import orjson
 import yaml
 
-from gateway.perf.attacker import Attack, Attacker
-from gateway.perf.local import free_port, redis_command, wait_for_redis
-from gateway.perf.results import ResultsWriter, read_results
-from gateway.perf.scenarios import Scenario, load_scenarios
-from gateway.perf.targets import Target, format_targets, load_targets
-from gateway.perf.verdict import Verdict, fmt_ms, judge, render_text
 from gateway.policy.loader import parse_policy
+from perf.attacker import Attack, Attacker
+from perf.local import free_port, redis_command, wait_for_redis
+from perf.results import ResultsWriter, read_results
+from perf.scenarios import Scenario, load_scenarios
+from perf.targets import Target, format_targets, load_targets
+from perf.verdict import Verdict, fmt_ms, judge, render_text
 
 DEFAULT_PORTS = {"gateway": 8000, "upstream": 8001, "provider": 8002}
 POLL_EVERY = 0.5
@@ -523,7 +523,7 @@ def _loop_runner() -> Any:
 
 def write_verdict(results: Path, policy_path: Path, meta: dict[str, Any], out_dir: Path) -> int:
     """Judge, print the summary, write summary.txt and report.html into `out_dir`; return the exit code."""
-    from gateway.perf.report import render_html
+    from perf.report import render_html
 
     policy = parse_policy(policy_path.read_text(), str(policy_path))
     loaded = list(read_results(results))

@@ -34,7 +34,7 @@ def _rate(text: str) -> float:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    from gateway.perf.run import run_scenario
+    from perf.run import run_scenario
 
     try:
         return run_scenario(
@@ -51,8 +51,8 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 def cmd_verdict(args: argparse.Namespace) -> int:
-    from gateway.perf.run import meta_path, write_verdict
     from gateway.policy.loader import PolicyError
+    from perf.run import meta_path, write_verdict
 
     results = Path(args.results)
     meta: dict[str, Any] = {}
@@ -60,7 +60,7 @@ def cmd_verdict(args: argparse.Namespace) -> int:
     if meta_file.exists():
         meta = orjson.loads(meta_file.read_bytes())
     if args.rate is not None:  # a vegeta run made by hand: one attack, its asked rate given here
-        from gateway.perf.results import read_results
+        from perf.results import read_results
 
         names = sorted({r.attack for r in read_results(results)})
         meta["attacks"] = [{"name": name, "rate": args.rate} for name in names]
@@ -75,10 +75,10 @@ def cmd_verdict(args: argparse.Namespace) -> int:
 
 
 def cmd_attack(args: argparse.Namespace) -> int:
-    from gateway.perf.attacker import Attack, run_attacks
-    from gateway.perf.results import ResultsWriter
-    from gateway.perf.run import meta_path
-    from gateway.perf.targets import TargetError, load_targets
+    from perf.attacker import Attack, run_attacks
+    from perf.results import ResultsWriter
+    from perf.run import meta_path
+    from perf.targets import TargetError, load_targets
 
     try:
         targets = load_targets(args.targets)

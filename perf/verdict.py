@@ -19,10 +19,10 @@ from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import urlsplit
 
-from gateway.perf.results import Result
 from gateway.policy.model import Policy, Route, Slo
 from gateway.policy.units import parse_duration
 from gateway.routing import Router, normalize_path
+from perf.results import Result
 
 DEFAULT_ERROR_RATE = 0.01  # the runbook's "error rate < 1%" where a route's SLO does not say
 RATE_TOLERANCE = 0.95  # achieved below 95% of the asked rate: the generator fell behind

@@ -14,9 +14,9 @@ import math
 import time
 from collections.abc import Callable, Iterable, Sequence
 
-from gateway.perf.results import Result
-from gateway.perf.verdict import RouteMatcher, Verdict, fmt_ms, is_error, percentile
 from gateway.policy.model import Policy
+from perf.results import Result
+from perf.verdict import RouteMatcher, Verdict, fmt_ms, is_error, percentile
 
 WIDTH, HEIGHT, PAD = 560, 220, 44
 MAX_DOTS = 3000  # per plot: enough to see the shape, small enough to keep the page light
