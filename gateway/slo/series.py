@@ -15,11 +15,10 @@ from __future__ import annotations
 
 from bisect import bisect_left
 from collections import deque
-from collections.abc import Sequence
 from dataclasses import dataclass
 from math import ceil, log
 
-from gateway.slo.sketch import INV_LN_GAMMA, MIN_KEY, MIN_VALUE, Counts, merge
+from gateway.slo.sketch import INV_LN_GAMMA, MIN_KEY, MIN_VALUE, Counts
 
 SUB_WINDOW = 10.0  # seconds per slot: the resolution of every window
 RETENTION = 6 * 3600.0  # counts are kept this long (the longest burn-rate window)
@@ -209,26 +208,3 @@ class Series:
     def upstream_count(self) -> int:
         """Requests that reached an upstream (have an upstream duration)."""
         return sum(self.upstream_buckets)
-
-
-def merged_sketches(series: Sequence[Series], slot: int) -> tuple[tuple[Counts, int], tuple[Counts, int]]:
-    """Latency and upstream sketches of several series over their percentile windows, merged."""
-    latency: list[Counts] = []
-    upstream: list[Counts] = []
-    for one in series:
-        lat, ups = one.window.sketches(slot)
-        latency.extend(lat)
-        upstream.extend(ups)
-    return merge(latency), merge(upstream)
-
-
-def merged_totals(series: Sequence[Series], slot: int, seconds: float) -> Totals:
-    """Counts of several series over the last `seconds`, added."""
-    parts = [one.window.totals(slot, seconds) for one in series]
-    width = max((len(p.exceed) for p in parts), default=1)
-    exceed = [0] * width
-    for p in parts:
-        for i, n in enumerate(p.exceed):
-            exceed[i] += n
-    total = sum(p.total for p in parts)
-    return Totals(total, sum(p.errors for p in parts), sum(p.throttled for p in parts), tuple(exceed))
