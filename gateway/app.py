@@ -13,6 +13,7 @@ from gateway.alerts_webhook import AlertWebhook
 from gateway.audit import AuditTrail, build_audit
 from gateway.cors import add_proxy_route
 from gateway.events import Event, Events
+from gateway.fleet.breakers import SharedBreakers
 from gateway.fleet.instance import default_instance_id
 from gateway.fleet.slo import FleetSlo
 from gateway.fleet.workers import WorkerLink, worker_statuses
@@ -192,6 +193,28 @@ def build_app(
             await fleet.close()
 
         app.cleanup_ctx.append(fleet_lifecycle)
+    if storage.redis_url and any(b.shared for b in loaded.policy.breakers.values()):
+        if storage.cluster:
+            log.warning("fleet_breakers_local", reason="shared breakers are not wired for a Redis Cluster")
+        else:
+            shared = SharedBreakers(
+                storage.redis_url, prefix=storage.key_prefix, fleet=fleet_settings.name,
+                instance=gateway.instance, events=gateway.events, breakers=lambda: gateway.current().breakers,
+                retry_interval=storage.retry_interval,
+            )
+
+            def reattach(event: Event) -> None:
+                if event.type == "policy_reload" and event.fields.get("result") == "success":
+                    shared.attach()  # a breaker whose settings changed is a new object
+
+            gateway.events.subscribe(reattach)
+
+            async def breakers_lifecycle(_: web.Application) -> AsyncIterator[None]:
+                shared.start()
+                yield
+                await shared.close()
+
+            app.cleanup_ctx.append(breakers_lifecycle)
     if worker is not None:
         worker.install(app, gateway, app[metrics_ops.METRICS])
     webhook_url = loaded.policy.alerts.webhook_url

@@ -407,6 +407,14 @@ class Breaker(Strict):
         description="What counts as a failure: `5xx` (upstream 5xx answers and dropped or garbled"
         " connections), `timeout`, `connect_error`, `429`, or exact statuses such as `500`, `502`.",
     )
+    shared: bool = Field(
+        False,
+        description="`true` (needs `storage.redis_url`): the breaker's decisions are shared by every process"
+        " of the fleet through Redis. Failures are judged where they are seen; an opening, a closing and a"
+        " manual action reach every process within milliseconds (pub/sub, off the request path); the"
+        " half-open probes are the fleet's, not each process's. Redis down: each process falls back to its"
+        " own breaker at once and rejoins when Redis is back.",
+    )
 
     @field_validator("window", mode="before")
     @classmethod
