@@ -285,6 +285,8 @@ async def serve(
                 runner.server, host, port, ssl=context, ssl_handshake_timeout=handshake,
                 reuse_port=reuse_port, backlog=1024,
             )
+    if sock is not None:
+        host, port = sock.getsockname()[:2]
     log.info("listening", host=host, port=port, tls=certificate is not None)
     watch: asyncio.Task[None] | None = None
     if certificate is not None:

@@ -89,6 +89,14 @@ async def test_a_sigkilled_worker_is_replaced_and_metrics_counters_never_go_back
     assert all(b >= a for a, b in zip(seen, seen[1:], strict=False)), seen
     assert restarts(text) == 1
     assert "worker_exited" in gw.log.read_text()
+    promtool = await asyncio.create_subprocess_exec(
+        "promtool", "check", "metrics", stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.STDOUT,
+    )
+    output, _ = await asyncio.wait_for(promtool.communicate(text.encode()), 60)
+    assert promtool.returncode == 0, output.decode()
+    samples = [line.rsplit(" ", 1)[0] for line in text.splitlines() if line and not line.startswith("#")]
+    assert len(samples) == len(set(samples))  # every series once: the workers' samples were added up
 
 
 async def test_sighup_reloads_every_worker_and_health_shows_each_version(
