@@ -17,7 +17,7 @@ from gateway.outcome import Outcome
 from gateway.policy.model import Breaker as BreakerSettings
 from gateway.policy.model import Policy
 from gateway.slo import SloRecorder
-from gateway.slo.series import Totals
+from gateway.slo.series import SUB_WINDOW, Totals, Window
 from gateway.slo.sketch import ALPHA, key_of
 from gateway.slo.snapshot import MAX_KEYS, SeriesSnapshot, bounded, decode, encode, merge_snapshots
 from tests.support.clock import ManualClock
@@ -160,3 +160,29 @@ def test_an_opening_judged_here_is_announced_and_left_to_the_fleet_to_audit() ->
     link.up = False  # Redis down: a local breaker again, audited locally
     breaker.force_close()
     assert len(link.sent) == 1 and seen[-1].to_state is State.CLOSED and not seen[-1].shared
+
+
+def test_burn_window_counts_from_running_sums_equal_the_sum_of_their_slots() -> None:
+    rng = random.Random(5)
+    window = Window((0.1, 0.3), 300.0)
+    for step in range(4000):
+        if rng.random() < 0.3:
+            continue  # slots exist only for periods with traffic
+        slot = window.open(step)
+        for _ in range(rng.randint(1, 5)):
+            slot.total += 1
+            slot.errors += rng.random() < 0.2
+            slot.throttled += rng.random() < 0.1
+            slot.exceed[rng.randint(0, 2)] += 1
+        if step % 97 == 0:
+            for seconds in (300.0, 1800.0, 3600.0, 21600.0):
+                got = window.totals(step, seconds)
+                edge = step - math.ceil(seconds / SUB_WINDOW - 1e-9)
+                spans = [
+                    (s.total, s.errors, s.throttled, tuple(s.exceed)) for s in window.recent if s.slot > edge
+                ]
+                spans += [o[1:] for o in window.old if o[0] > edge]
+                assert got == Totals(
+                    sum(s[0] for s in spans), sum(s[1] for s in spans), sum(s[2] for s in spans),
+                    tuple(sum(s[3][i] for s in spans) for i in range(3)),
+                ), (step, seconds)
