@@ -239,7 +239,7 @@ class WorkerLink:
             return exposition(self.directory)
 
         metrics.merged_exposition = merged
-        gateway.events.subscribe(lambda event: self._on_event(event))
+        gateway.events.subscribe(lambda event: self._on_event(gateway, event))
 
         async def loop() -> None:
             while True:
@@ -266,7 +266,7 @@ class WorkerLink:
 
     # -- relaying what an operator did at this worker --
 
-    def _on_event(self, event: Event) -> None:
+    def _on_event(self, gateway: Gateway, event: Event) -> None:
         if self._applying:
             return
         fields = event.fields
@@ -279,6 +279,10 @@ class WorkerLink:
         elif event.type == "admin_action" and str(fields.get("action", "")).startswith("breaker."):
             before = fields.get("before")
             if fields.get("status") == 200 and isinstance(before, dict):
+                runtime = gateway.runtime
+                breaker = runtime.breakers.get(str(before.get("breaker"))) if runtime is not None else None
+                if breaker is not None and breaker.fleet is not None and breaker.fleet.active():
+                    return  # a shared breaker: Redis carries the action to every process, workers included
                 action = str(fields["action"])[len("breaker."):]
                 self._relay({"op": "breaker", "action": action, "name": before.get("breaker")})
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import os
 import random
 from typing import Any
 
@@ -12,6 +13,7 @@ from prometheus_client import CollectorRegistry
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 
 from gateway.breaker import Breaker, State, Transition
+from gateway.fleet.supervisor import worker_count
 from gateway.fleet.workers import families_of, merge_families
 from gateway.outcome import Outcome
 from gateway.policy.model import Breaker as BreakerSettings
@@ -186,3 +188,11 @@ def test_burn_window_counts_from_running_sums_equal_the_sum_of_their_slots() -> 
                     sum(s[0] for s in spans), sum(s[1] for s in spans), sum(s[2] for s in spans),
                     tuple(sum(s[3][i] for s in spans) for i in range(3)),
                 ), (step, seconds)
+
+
+def test_workers_is_a_number_or_auto() -> None:
+    assert worker_count("3") == 3
+    assert worker_count("auto") == len(os.sched_getaffinity(0))
+    for bad in ("0", "many", "257"):
+        with pytest.raises(ValueError, match="--workers"):
+            worker_count(bad)
