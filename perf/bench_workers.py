@@ -33,7 +33,7 @@ from bench_overhead import (  # type: ignore[import-not-found]
     start_upstream,
 )
 
-from gateway.perf.local import free_port, redis_command
+from perf.local import free_port, redis_command
 
 
 def tree_cpu(root: int) -> float:

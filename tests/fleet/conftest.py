@@ -16,7 +16,7 @@ import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestServer
 
-from gateway.perf.local import free_port
+from perf.local import free_port
 from tests.support.process import ROOT
 
 ADMIN = "fleet-admin"
