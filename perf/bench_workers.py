@@ -22,7 +22,7 @@ import time
 import urllib.request
 from pathlib import Path
 
-from bench_overhead import (  # type: ignore[import-not-found]
+from perf.bench_overhead import (
     REPO,
     Load,
     Procs,
@@ -32,7 +32,6 @@ from bench_overhead import (  # type: ignore[import-not-found]
     machine,
     start_upstream,
 )
-
 from perf.local import free_port, redis_command
 
 

@@ -71,9 +71,6 @@ class SharedBreakers:
         self._wall = wall
         self.up = False  # subscribed and resynchronised: decisions are shared
         self.gens: dict[str, int] = {}
-        self.announced = 0  # compare-and-sets won
-        self.adopted = 0  # states taken from the fleet
-        self.commands = 0  # Redis commands sent (perf/README.md)
         self._script = self.client.register_script(SCRIPT)
         self._tasks: set[asyncio.Task[None]] = set()
         self._listener: asyncio.Task[None] | None = None
@@ -120,7 +117,6 @@ class SharedBreakers:
             for _ in range(3):
                 expected = self.gens.get(name, 0)
                 async with asyncio.timeout(ADMIN_TIMEOUT):
-                    self.commands += 1
                     won, raw = await self._script(
                         keys=[self.key(name)],
                         args=[expected, t.to_state.value, int(t.held), self.instance, STATE_TTL_MS,
@@ -130,7 +126,6 @@ class SharedBreakers:
                 if state is not None:
                     self.gens[name] = max(self.gens.get(name, 0), int(state.get("gen", 0)))
                 if won:
-                    self.announced += 1
                     if t.from_state is not t.to_state:
                         self._audit(t)
                     return
@@ -158,7 +153,6 @@ class SharedBreakers:
         ago = max(0.0, self._wall() - at) if isinstance(at, (int, float)) else 0.0
         mine = state.get("by") == self.instance
         breaker.adopt(State(to), held=bool(state.get("held")), follower=not mine, opened_ago=min(ago, 1.0))
-        self.adopted += 1
 
     def _on_message(self, data: bytes | str) -> None:
         state = _decode(data)
@@ -178,7 +172,6 @@ class SharedBreakers:
         if not breakers:
             return
         async with asyncio.timeout(ADMIN_TIMEOUT):
-            self.commands += 1
             raws = await self.client.mget([self.key(n) for n in breakers])
         for (name, breaker), raw in zip(breakers.items(), raws, strict=True):
             state = _decode(raw) if raw is not None else None

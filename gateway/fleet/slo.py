@@ -82,9 +82,6 @@ class FleetSlo:
         head = f"{prefix}:fleet:{{{name}}}"
         self.members_key = f"{head}:members"
         self._slo_head = f"{head}:slo:"
-        self.published = 0  # successful publishes
-        self.errors = 0  # failed publishes
-        self.commands = 0  # Redis commands sent (for the cost figures in perf/README.md)
         self.last_error: str | None = None
         self._task: asyncio.Task[None] | None = None
 
@@ -105,7 +102,6 @@ class FleetSlo:
             pipe.set(self.key(self.instance), payload, px=int(self.ttl * 1000))
             pipe.zadd(self.members_key, {self.instance: now})
             pipe.zremrangebyscore(self.members_key, "-inf", now - self.ttl)
-            self.commands += 3
             await pipe.execute()
 
     async def _loop(self) -> None:
@@ -113,13 +109,11 @@ class FleetSlo:
             try:
                 await self.publish()
             except STORE_ERRORS as exc:
-                self.errors += 1
                 error = str(exc) or exc.__class__.__name__
                 if error != self.last_error:
                     log.warning("fleet_publish_failed", error=error)
                 self.last_error = error
             else:
-                self.published += 1
                 if self.last_error is not None:
                     log.info("fleet_publish_resumed")
                 self.last_error = None
@@ -136,7 +130,6 @@ class FleetSlo:
             raw_names = await self.client.zrangebyscore(self.members_key, now - self.ttl, "+inf")
             names = [n.decode() if isinstance(n, bytes) else str(n) for n in raw_names]
             raws = await self.client.mget([self.key(n) for n in names]) if names else []
-            self.commands += 1 + bool(names)
         out: list[Member] = []
         for name, raw in zip(names, raws, strict=True):
             if raw is None:

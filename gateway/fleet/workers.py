@@ -29,7 +29,7 @@ import time
 from collections.abc import AsyncIterator, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 import orjson
 from prometheus_client import CollectorRegistry
@@ -37,13 +37,13 @@ from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.exposition import generate_latest
 from prometheus_client.registry import Collector
 
+from gateway.events import Event, Events
 from gateway.logs import get_logger
+from gateway.runtime import Runtime
 
-if TYPE_CHECKING:  # the app imports this module: no import cycle at run time
+if TYPE_CHECKING:
     from aiohttp import web
 
-    from gateway.app import Gateway
-    from gateway.events import Event
     from gateway.metrics import GatewayMetrics
 
 log = get_logger("gateway.fleet")
@@ -63,6 +63,18 @@ GAUGE_MIN = frozenset({"gateway_redis_up", "process_start_time_seconds"})
 MAX_ABSORBED = 10_000  # names of absorbed worker files remembered (pids; a crash loop is bounded by backoff)
 
 Families = list[dict[str, Any]]
+
+
+class Gateway(Protocol):
+    """What a worker reads and drives of the gateway (gateway.app.Gateway, which imports this module)."""
+
+    instance: str
+    events: Events
+    runtime: Runtime | None
+
+    def current(self) -> Runtime: ...
+
+    async def rollback(self) -> Any: ...
 
 
 def worker_file(directory: Path, pid: int) -> Path:
