@@ -13,6 +13,10 @@ from gateway.alerts_webhook import AlertWebhook
 from gateway.audit import AuditTrail, build_audit
 from gateway.cors import add_proxy_route
 from gateway.events import Event, Events
+from gateway.fleet.breakers import SharedBreakers
+from gateway.fleet.instance import default_instance_id
+from gateway.fleet.slo import FleetSlo
+from gateway.fleet.workers import WorkerLink, worker_statuses
 from gateway.logs import get_logger
 from gateway.metrics import GatewayMetrics
 from gateway.ops import breakers as breaker_ops
@@ -49,6 +53,7 @@ class Gateway:
         self.draining = False  # set at the first shutdown signal: health answers 503 from then on
         self.audit: AuditTrail | None = None  # stores every domain event (build_app subscribes it)
         self.reloader = Reloader(self)
+        self.instance = ""  # this process's id (build_app sets it): health, audit events, the fleet view
 
     def build(self, loaded: LoadedPolicy, previous: Runtime | None = None) -> Runtime:
         """A runtime for `loaded` wired to this gateway (events, clock): used by start and every reload."""
@@ -92,11 +97,19 @@ RUNNER_KWARGS = {
 
 
 def build_app(
-    loaded: LoadedPolicy, *, watch: bool = True, clock: Callable[[], float] = time.monotonic
+    loaded: LoadedPolicy,
+    *,
+    watch: bool = True,
+    clock: Callable[[], float] = time.monotonic,
+    instance: str | None = None,
+    worker: WorkerLink | None = None,
 ) -> web.Application:
     """The gateway application for a validated policy: ops endpoints first, then the catch-all proxy.
 
     `watch`: reload when the policy file changes on disk (SIGHUP and POST /api/ops/reload always work).
+    `instance`: this process's id (default host:pid). `worker`: set when this process is one worker of
+    `serve --workers N` (gateway/fleet/supervisor.py): reloads, rollbacks and breaker actions are relayed to
+    the other workers, `/metrics` answers for all of them, health lists each worker's policy version.
     """
     server = loaded.policy.server
     app = web.Application(
@@ -107,6 +120,8 @@ def build_app(
         },
     )
     gateway = Gateway(loaded, clock=clock)
+    gateway.instance = instance if instance is not None else default_instance_id()
+    gateway.events.instance = gateway.instance
     app[GATEWAY] = app[GATEWAY_VIEW] = gateway
     app[RELOADER] = gateway.reloader
     auth = app[ADMIN_AUTH] = AdminAuth(loaded.policy.admin, loaded.policy.identity)
@@ -130,7 +145,10 @@ def build_app(
         await audit.close()  # drains the queue: a clean restart loses no event
 
     app.cleanup_ctx.append(audit_lifecycle)
-    health = app[health_ops.HEALTH] = health_ops.HealthTracker(gateway)
+    health = app[health_ops.HEALTH] = health_ops.HealthTracker(
+        gateway, instance=gateway.instance,
+        workers=(lambda: worker_statuses(worker.directory)) if worker is not None else None,
+    )
     gateway.events.subscribe(health.on_event)
 
     async def mark_draining(_: web.Application) -> None:
@@ -157,6 +175,49 @@ def build_app(
         await gateway.close()
 
     app.cleanup_ctx.append(lifecycle)
+    storage, fleet_settings = loaded.policy.storage, loaded.policy.fleet
+    view = app[metrics_ops.FLEET] = metrics_ops.FleetView(
+        gateway.instance, lambda: gateway.current().loaded.version, name=fleet_settings.name
+    )
+    if storage.redis_url:
+        metrics = app[metrics_ops.METRICS]
+        fleet = view.fleet = FleetSlo(
+            storage.redis_url, cluster=storage.cluster, prefix=storage.key_prefix, name=fleet_settings.name,
+            interval=fleet_settings.publish_interval, instance=gateway.instance,
+            snapshot=lambda: (gateway.current().slo.snapshot(), metrics.fleet_extra()),
+            version=lambda: gateway.current().loaded.version,
+        )
+
+        async def fleet_lifecycle(_: web.Application) -> AsyncIterator[None]:
+            fleet.start()
+            yield
+            await fleet.close()
+
+        app.cleanup_ctx.append(fleet_lifecycle)
+    if storage.redis_url and any(b.shared for b in loaded.policy.breakers.values()):
+        if storage.cluster:
+            log.warning("fleet_breakers_local", reason="shared breakers are not wired for a Redis Cluster")
+        else:
+            shared = SharedBreakers(
+                storage.redis_url, prefix=storage.key_prefix, fleet=fleet_settings.name,
+                instance=gateway.instance, events=gateway.events, breakers=lambda: gateway.current().breakers,
+                retry_interval=storage.retry_interval,
+            )
+
+            def reattach(event: Event) -> None:
+                if event.type == "policy_reload" and event.fields.get("result") == "success":
+                    shared.attach()  # a breaker whose settings changed is a new object
+
+            gateway.events.subscribe(reattach)
+
+            async def breakers_lifecycle(_: web.Application) -> AsyncIterator[None]:
+                shared.start()
+                yield
+                await shared.close()
+
+            app.cleanup_ctx.append(breakers_lifecycle)
+    if worker is not None:
+        worker.install(app, gateway, app[metrics_ops.METRICS])
     webhook_url = loaded.policy.alerts.webhook_url
     if webhook_url is not None:
         webhook = AlertWebhook(webhook_url)

@@ -16,7 +16,7 @@ from collections import deque
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from enum import StrEnum
-from typing import Any
+from typing import Any, Protocol
 
 from gateway.logs import get_logger
 from gateway.policy.model import Breaker as BreakerSettings
@@ -39,6 +39,20 @@ class Transition:
     cause: str  # consecutive_failures | failure_rate | slow_call_rate | probe_failed | probes_succeeded | ...
     at: float  # Unix seconds (for humans and alerts; decisions use the monotonic clock)
     retry_in: float | None  # seconds until HALF_OPEN when the new state is OPEN
+    shared: bool = False  # the fleet announces it (gateway/fleet/breakers.py): listeners log, emit no event
+    held: bool = False  # manually opened (held open until an operator closes or resets it)
+
+
+class FleetLink(Protocol):
+    """What a shared breaker tells the fleet (gateway/fleet/breakers.py). Never awaited: it only queues."""
+
+    def active(self) -> bool:
+        """Whether decisions are shared right now (Redis reachable and the breaker in sync)."""
+        ...
+
+    def local_transition(self, breaker: Breaker, transition: Transition) -> None:
+        """A transition judged here (or a manual action): announce it to the fleet, off the request path."""
+        ...
 
 
 Listener = Callable[[Transition], None]
@@ -202,6 +216,13 @@ class Breaker:
         self._held = False  # manually opened: stays OPEN until an operator closes or resets it
         self._probes: dict[int, Permit] = {}
         self._probe_successes = 0
+        # Shared breakers (settings.shared, with Redis): `fleet` is the link; `follower` is set while another
+        # process owns the OPEN/HALF_OPEN episode: this one probes nothing, and waits `fleet_grace` past the
+        # reset timeout (the owner went quiet or died) before it takes the half-open probes over itself.
+        self.fleet: FleetLink | None = None
+        self.follower = False
+        self.fleet_grace = probe_deadline + 1.0
+        self._half_open_mono = 0.0
         # Counters for metrics (monotonic over the breaker's life).
         self.calls = 0
         self.failures = 0
@@ -222,8 +243,12 @@ class Breaker:
     def _tick(self, now: float) -> None:
         if self._state is State.OPEN and not self._held:
             assert self._opened_mono is not None
-            if now - self._opened_mono >= self.settings.reset_timeout:
+            wait = self.settings.reset_timeout + (self.fleet_grace if self.follower else 0.0)
+            if now - self._opened_mono >= wait:
                 self._move(State.HALF_OPEN, "reset_timeout", now)
+        elif self._state is State.HALF_OPEN and self.follower:
+            if now - self._half_open_mono >= self.fleet_grace:
+                self.follower = False  # the fleet's prober went quiet: probe here
         elif self._state is State.HALF_OPEN and self._probes:
             stuck = [p for p in self._probes.values() if now >= p.deadline]
             if stuck:
@@ -251,7 +276,11 @@ class Breaker:
         state = self._state
         if state is State.CLOSED:
             return Permit(self, self._generation, False, math.inf)
-        if state is State.HALF_OPEN and len(self._probes) < self.settings.half_open_requests:
+        if (
+            state is State.HALF_OPEN
+            and len(self._probes) < self.settings.half_open_requests
+            and not self.follower  # another process holds the fleet's probes
+        ):
             permit = Permit(self, self._generation, True, now + self.probe_deadline)
             self._probes[id(permit)] = permit
             return permit
@@ -303,6 +332,10 @@ class Breaker:
 
     def _move(self, to: State, cause: str, now: float) -> None:
         before = self._state
+        if cause != "fleet":
+            self.follower = False  # judged here: this process owns the episode
+        if to is State.HALF_OPEN:
+            self._half_open_mono = now
         self._state = to
         self._generation += 1
         self._probes.clear()
@@ -320,9 +353,35 @@ class Breaker:
         retry_in = None
         if to is State.OPEN and not self._held:
             retry_in = self.settings.reset_timeout
-        transition = Transition(self.name, before, to, cause, self._wall(), retry_in)
+        fleet = self.fleet if self.fleet is not None and self.fleet.active() else None
+        transition = Transition(
+            self.name, before, to, cause, self._wall(), retry_in,
+            shared=cause == "fleet" or fleet is not None, held=self._held,
+        )
         for listener in self.listeners:
             listener(transition)
+        if fleet is not None and cause != "fleet":
+            fleet.local_transition(self, transition)
+
+    def adopt(self, to: State, *, held: bool, follower: bool, opened_ago: float = 0.0) -> None:
+        """Take the state the fleet decided (cause "fleet": logged, not audited here; the deciding process
+        audits it). `follower`: another process owns this OPEN/HALF_OPEN episode and its probes."""
+        now = self._clock()
+        if to is not self._state or (to is State.OPEN and held != self._held):
+            self._held = held and to is State.OPEN
+            self._move(to, "fleet", now)
+        if to is State.OPEN:
+            self._opened_mono, self._opened_wall = now - opened_ago, self._wall() - opened_ago
+        self.follower = follower and to is not State.CLOSED
+
+    def _announce_manual(self) -> None:
+        # A manual action that changed no state (open while open, now held) still goes to the fleet.
+        fleet = self.fleet
+        if fleet is not None and fleet.active():
+            fleet.local_transition(
+                self, Transition(self.name, self._state, self._state, "manual", self._wall(), None,
+                                 shared=True, held=self._held),
+            )
 
     # -- manual controls (the runbook's "Circuit Breaker Stuck OPEN") --
 
@@ -333,6 +392,7 @@ class Breaker:
             self._generation += 1
             self._consecutive = 0
             self._window = self._new_window()
+            self._announce_manual()
         else:
             self._move(State.CLOSED, "manual", now)
 
@@ -342,6 +402,8 @@ class Breaker:
         self._held = True  # set first so listeners see no retry_in
         if self._state is State.OPEN:
             self._opened_mono, self._opened_wall = now, self._wall()
+            self.follower = False
+            self._announce_manual()
         else:
             self._move(State.OPEN, "manual", now)
 
@@ -385,6 +447,8 @@ def transition_listener(emit: Callable[..., Any]) -> Listener:
     """A listener that logs each transition and publishes it as a `circuit_state_change` domain event."""
 
     def on_transition(t: Transition) -> None:
+        if t.from_state is t.to_state:
+            return  # a manual action that changed nothing here (announced to the fleet only)
         # An opening is what an operator must notice; half-open and closed are recovery, informational.
         write = log.warning if t.to_state is State.OPEN else log.info
         write(
@@ -395,8 +459,9 @@ def transition_listener(emit: Callable[..., Any]) -> Listener:
             cause=t.cause,
             retry_in=t.retry_in,
         )
-        emit("circuit_state_change", breaker=t.breaker, to=t.to_state.value, cause=t.cause,
-             retry_in=t.retry_in, **{"from": t.from_state.value})
+        if not t.shared:  # a shared breaker's transition is audited once, by the process that decided it
+            emit("circuit_state_change", breaker=t.breaker, to=t.to_state.value, cause=t.cause,
+                 retry_in=t.retry_in, **{"from": t.from_state.value})
 
     return on_transition
 

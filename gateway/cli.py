@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from collections.abc import Callable
+from pathlib import Path
 
 from gateway.policy.loader import LoadedPolicy, PolicyError, load_policy
 from gateway.policy.model import Policy
@@ -71,17 +73,35 @@ def cmd_serve(args: argparse.Namespace) -> int:
     loaded = load_or_report(args.policy)
     if loaded is None:
         return 1
+    from gateway.fleet.instance import check_instance_id
+    from gateway.fleet.supervisor import worker_count
+
+    try:
+        workers = worker_count(args.workers)
+        instance = check_instance_id(args.instance_id) if args.instance_id else None
+    except ValueError as exc:
+        print(f"gateway: {exc}", file=sys.stderr)
+        return 2
+    if workers > 1 and args.listen_fd is None:
+        return supervise(args, loaded, workers, instance)
     from gateway import heap
     from gateway.app import GATEWAY, RUNNER_KWARGS, build_app
     from gateway.logs import configure
     from gateway.server import ConnectionLimits, serve
 
     configure(args.log_level)
+    worker = None
+    sock = None
+    if args.listen_fd is not None:
+        import socket
+
+        from gateway.fleet.workers import WorkerLink
+
+        sock = socket.socket(fileno=args.listen_fd)
+        worker = WorkerLink(Path(args.worker_dir), args.supervisor_pid, args.worker_index)
     settings = loaded.policy.server
     certificate = None
     if settings.tls is not None:
-        from pathlib import Path
-
         from gateway.tls import Certificate, TlsError
 
         try:
@@ -89,7 +109,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         except TlsError as exc:
             print(f"gateway: refusing to start: {exc}", file=sys.stderr)
             return 2
-    app = build_app(loaded, watch=args.watch)
+    app = build_app(loaded, watch=args.watch, instance=instance, worker=worker)
 
     def draining() -> None:
         app[GATEWAY].draining = True
@@ -104,6 +124,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         on_draining=draining,
         certificate=certificate,
         plain_port=settings.plain_port,
+        sock=sock,
     )
     heap.enable()  # this process is the gateway's: long-lived objects are frozen out of full collections
     try:
@@ -113,6 +134,26 @@ def cmd_serve(args: argparse.Namespace) -> int:
     else:
         uvloop.run(main)
     return 0
+
+
+def supervise(args: argparse.Namespace, loaded: LoadedPolicy, workers: int, instance: str | None) -> int:
+    """Run `workers` worker processes under a supervisor (gateway/fleet/supervisor.py)."""
+    from gateway.fleet.supervisor import Supervisor
+    from gateway.logs import configure
+
+    if not loaded.policy.storage.redis_url:
+        print(
+            f"gateway: refusing --workers {workers} without storage.redis_url: rate limits, overrides and the"
+            " SLO view would each be per worker (a limit of 100/s would admit 100/s per worker). Set"
+            " storage.redis_url (REDIS_URL), or run one worker per host.",
+            file=sys.stderr,
+        )
+        return 2
+    configure(args.log_level)
+    worker_argv = ["--policy", args.policy, "--log-level", args.log_level, "--workers", "1"]
+    if not args.watch:
+        worker_argv.append("--no-watch")
+    return Supervisor(worker_argv, workers, args.host, args.port, instance).run()
 
 
 PERF_MISSING = (
@@ -150,6 +191,22 @@ def main(argv: list[str] | None = None) -> int:
         action="store_false",
         help="no reload on policy file change (SIGHUP and POST /api/ops/reload still work)",
     )
+    serve.add_argument(
+        "--workers",
+        default="1",
+        help="worker processes (a number, or auto: one per CPU); more than 1 needs storage.redis_url",
+    )
+    serve.add_argument(
+        "--instance-id",
+        default=os.environ.get("GATEWAY_INSTANCE_ID") or None,
+        help="this process's id in health, audit events and the fleet view (default host:pid;"
+        " env GATEWAY_INSTANCE_ID); workers get <id>-w<index>",
+    )
+    # Set by the supervisor for its workers (gateway/fleet/supervisor.py), not for people.
+    serve.add_argument("--listen-fd", type=int, default=None, help=argparse.SUPPRESS)
+    serve.add_argument("--worker-dir", default=None, help=argparse.SUPPRESS)
+    serve.add_argument("--worker-index", type=int, default=0, help=argparse.SUPPRESS)
+    serve.add_argument("--supervisor-pid", type=int, default=None, help=argparse.SUPPRESS)
     serve.set_defaults(func=cmd_serve)
     check = sub.add_parser("check", help="validate a policy file (exit 1 with FILE:LINE key.path: message)")
     check.add_argument("file")

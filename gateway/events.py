@@ -21,9 +21,13 @@ class Event:
     type: str
     time: float  # Unix seconds
     fields: dict[str, Any] = field(default_factory=dict)
+    instance: str | None = None  # the process that saw it (gateway/fleet/instance.py)
 
     def as_dict(self) -> dict[str, Any]:
-        return {"type": self.type, "time": self.time, **self.fields}
+        head: dict[str, Any] = {"type": self.type, "time": self.time}
+        if self.instance is not None:
+            head["instance"] = self.instance
+        return {**head, **self.fields}
 
 
 Subscriber = Callable[[Event], None]
@@ -35,13 +39,14 @@ class Events:
     def __init__(self, clock: Callable[[], float] = time.time) -> None:
         self._subscribers: list[Subscriber] = []
         self._clock = clock
+        self.instance: str | None = None  # stamped on every event (audit records name the process)
 
     def subscribe(self, subscriber: Subscriber) -> None:
         self._subscribers.append(subscriber)
 
     def emit(self, type: str, **fields: Any) -> Event:
         """Publish one event to every subscriber and return it."""
-        event = Event(type=type, time=self._clock(), fields=fields)
+        event = Event(type=type, time=self._clock(), fields=fields, instance=self.instance)
         for subscriber in self._subscribers:
             try:
                 subscriber(event)

@@ -24,6 +24,7 @@ from gateway.logs import get_logger
 from gateway.runtime import Runtime
 from gateway.server import ServerStats
 from gateway.slo import SloRecorder
+from gateway.slo.snapshot import SeriesSnapshot
 from gateway.tunnel import DURATION_BUCKETS, TunnelStats
 
 log = get_logger("gateway.metrics")
@@ -80,6 +81,8 @@ class GatewayMetrics:
         self.redis_changes = _Counts()  # (to,)
         self.admin_actions = _Counts()  # (action,)
         self.mode_changes = _Counts()  # (upstream, to): admission tightening by burn rate
+        # Set for a worker of `serve --workers N` (gateway/fleet/workers.py): /metrics covers every worker.
+        self.merged_exposition: Callable[[], bytes] | None = None
         events.subscribe(self._on_event)
         self.registry = CollectorRegistry(auto_describe=False)
         self.registry.register(_GatewayCollector(self))
@@ -112,7 +115,9 @@ class GatewayMetrics:
             self.mode_changes.inc(_text(fields.get("upstream")), _text(fields.get("to")))
 
     def exposition(self) -> bytes:
-        """The Prometheus text exposition of everything."""
+        """The Prometheus text exposition of everything (of every worker, under a supervisor)."""
+        if self.merged_exposition is not None:
+            return self.merged_exposition()
         return generate_latest(self.registry)
 
     # -- the ops JSON view (/api/ops/metrics) --
@@ -125,16 +130,37 @@ class GatewayMetrics:
             out[name] = snap
         return out
 
-    def ops_report(self) -> dict[str, Any]:
-        """The body of GET /api/ops/metrics: the runbook's flat keys plus the structured SLO status."""
+    def fleet_extra(self) -> dict[str, Any]:
+        """The counters this process publishes beside its SLO snapshot, summed in the fleet view."""
+        return {
+            "breaches": {k[0]: v for k, v in self.breaches.values.items()},
+            "shadow_breaches": self.shadow_breaches.total(),
+        }
+
+    def ops_report(
+        self, snapshots: list[SeriesSnapshot] | None = None, extras: list[dict[str, Any]] | None = None
+    ) -> dict[str, Any]:
+        """The body of GET /api/ops/metrics: the runbook's flat keys plus the structured SLO status.
+
+        `snapshots` and `extras`: the fleet's SLO series and counters (gateway/fleet/), merged here; without
+        them, this process's own."""
         runtime = self.runtime()
         metrics: dict[str, Any] = {}
         slo = runtime.slo
-        statuses = slo.status()
+        statuses = slo.status(snapshots)
         metrics.update(slo.flat(statuses))
-        metrics["rate_limit_breaches_total"] = self.breaches.total()
-        metrics["rate_limit_breaches"] = {k[0]: v for k, v in sorted(self.breaches.values.items())}
-        metrics["rate_limit_shadow_breaches_total"] = self.shadow_breaches.total()
+        breaches: dict[str, int] = {}
+        shadow = 0
+        for extra in extras if extras is not None else [self.fleet_extra()]:
+            raw = extra.get("breaches")
+            for limit, n in (raw.items() if isinstance(raw, dict) else ()):
+                if isinstance(limit, str) and isinstance(n, int):
+                    breaches[limit] = breaches.get(limit, 0) + n
+            shadow_n = extra.get("shadow_breaches")
+            shadow += shadow_n if isinstance(shadow_n, int) else 0
+        metrics["rate_limit_breaches_total"] = sum(breaches.values())
+        metrics["rate_limit_breaches"] = dict(sorted(breaches.items()))
+        metrics["rate_limit_shadow_breaches_total"] = shadow
         metrics["circuit_breakers"] = self.breakers()
         metrics["admission"] = {name: admission_report(a) for name, a in sorted(runtime.admissions.items())}
         metrics["routes"] = statuses

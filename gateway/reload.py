@@ -45,7 +45,7 @@ MAX_PROBLEMS = 50  # a broken file can produce many problems; the event and the 
 DIFF_KINDS = ("routes", "upstreams", "rate_limits", "breakers")
 # Sections read once when the server starts (listener limits, the admin gate, CORS, the audit backend, the
 # alert webhook): a change is accepted and reported as needing a restart.
-RESTART_SECTIONS = ("server", "admin", "cors", "audit", "alerts")
+RESTART_SECTIONS = ("server", "admin", "cors", "audit", "alerts", "fleet")
 
 Trigger = Literal["file", "sighup", "api", "rollback"]
 Result = Literal["success", "error", "unchanged"]

@@ -12,6 +12,7 @@ import asyncio
 import functools
 import os
 import signal
+import socket
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
@@ -260,25 +261,40 @@ async def serve(
     reuse_port: bool = False,
     certificate: Certificate | None = None,
     plain_port: int | None = None,
+    sock: socket.socket | None = None,
 ) -> None:
     """Run until SIGTERM/SIGINT, then drain: health turns 503 at once (`on_draining`), the listener stops
     accepting, in-flight requests get `drain_timeout` to finish, cleanup hooks flush buffers. A second
-    signal exits at once."""
+    signal exits at once. `sock`: a listening socket to serve on instead of binding host:port (a worker of
+    `serve --workers N` inherits its supervisor's)."""
     loop = asyncio.get_running_loop()
     runner = GatewayRunner(app, limits=limits, shutdown_timeout=drain_timeout, **runner_kwargs)
     await runner.setup()
     tls_listener: asyncio.Server | None = None
+    if sock is not None:  # a worker of `serve --workers N`: the supervisor's listener
+        reuse_port = True  # the plain port, if any, is bound by every worker: shared with SO_REUSEPORT
     if certificate is None:
-        await web.TCPSite(runner, host, port, reuse_port=reuse_port, backlog=1024).start()
+        if sock is not None:
+            await web.SockSite(runner, sock, backlog=1024).start()
+        else:
+            await web.TCPSite(runner, host, port, reuse_port=reuse_port, backlog=1024).start()
     else:
         # Not a TCPSite: it takes no handshake deadline, and asyncio's default lets a client that never
         # finishes its TLS handshake hold a socket for 60 s, unseen by the header deadline and max_connections
         # (the connection handler only hears of a connection once its handshake is done).
         assert runner.server is not None
-        tls_listener = await loop.create_server(
-            runner.server, host, port, ssl=certificate.context, ssl_handshake_timeout=limits.header_timeout,
-            reuse_port=reuse_port, backlog=1024,
-        )
+        context, handshake = certificate.context, limits.header_timeout
+        if sock is not None:
+            tls_listener = await loop.create_server(
+                runner.server, sock=sock, ssl=context, ssl_handshake_timeout=handshake, backlog=1024
+            )
+        else:
+            tls_listener = await loop.create_server(
+                runner.server, host, port, ssl=context, ssl_handshake_timeout=handshake,
+                reuse_port=reuse_port, backlog=1024,
+            )
+    if sock is not None:
+        host, port = sock.getsockname()[:2]
     log.info("listening", host=host, port=port, tls=certificate is not None)
     watch: asyncio.Task[None] | None = None
     if certificate is not None:

@@ -60,6 +60,8 @@ def encode(event: Event, event_id: str | None = None) -> bytes:
     record: Record = {"time": iso(event.time), "type": event.type}
     if event_id is not None:
         record["event_id"] = event_id
+    if event.instance is not None:
+        record["instance"] = event.instance  # the process that saw it (gateway/fleet/instance.py)
     record.update(event.fields)
     return orjson.dumps(record, default=str, option=orjson.OPT_NON_STR_KEYS)
 

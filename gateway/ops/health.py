@@ -32,8 +32,17 @@ class HealthTracker:
     `observe` is a pipeline observer (one dict store per proxied request); `on_event` subscribes to Events.
     """
 
-    def __init__(self, gateway: GatewayView, clock: Callable[[], float] = time.time) -> None:
+    def __init__(
+        self,
+        gateway: GatewayView,
+        clock: Callable[[], float] = time.time,
+        *,
+        instance: str | None = None,
+        workers: Callable[[], list[dict[str, Any]]] | None = None,
+    ) -> None:
         self._gateway = gateway
+        self.instance = instance  # this process's id
+        self.workers = workers  # under `serve --workers N`: every worker's status (gateway/fleet/workers.py)
         self._clock = clock
         self.upstreams: dict[str, tuple[int | None, str | None, float]] = {}  # name -> (status, error, time)
         self.redis_up: bool | None = None
@@ -105,6 +114,7 @@ class HealthTracker:
         body: dict[str, Any] = {
             "status": status,
             "reasons": reasons,
+            "instance": self.instance,
             "policy": {
                 "version": loaded.version if loaded is not None else None,
                 "loaded_at": iso(loaded.loaded_at) if loaded is not None else None,
@@ -121,6 +131,11 @@ class HealthTracker:
         if runtime is not None:
             for name in runtime.policy.upstreams:
                 body["upstreams"].setdefault(name, None)  # not called yet
+        if self.workers is not None:
+            workers = self.workers()
+            versions = {w.get("policy_version") for w in workers}
+            body["workers"] = workers
+            body["workers_agree"] = len(versions) <= 1  # false: workers serve different policy versions
         if gateway.audit is not None:
             body["audit"] = {**gateway.audit.stats(), "ok": audit_problem is None, "error": audit_problem}
         return code, body

@@ -114,6 +114,23 @@ class Storage(Strict):
         return value
 
 
+class Fleet(Strict):
+    """What the gateway's processes (workers of one host, replicas on many) share through Redis."""
+
+    name: Annotated[str, Field(pattern=r"^[A-Za-z0-9_.\-]{1,64}$")] = Field(
+        "gateway",
+        description="The fleet's name: processes with the same name and Redis merge their SLO windows into"
+        " one view (`GET /api/ops/metrics`). Keys: `{prefix}:fleet:{name}:...`. Give each gateway deployment"
+        " its own name when several share one Redis.",
+    )
+    publish_interval: Annotated[Duration, Field(ge=0.1, le=60.0)] = Field(
+        1.0,
+        description="How often each process publishes its SLO window counts to Redis (off the request path)."
+        " A process's data expires after three intervals (at least 3 s): a dead process drops out of the"
+        " fleet view by then.",
+    )
+
+
 class Identity(Strict):
     """Who the caller is. The user header is a claim, believed only from `user_networks` (the peers that set
     it after authenticating: a local auth proxy, an ingress); from anyone else it is ignored for limits and
@@ -413,6 +430,14 @@ class Breaker(Strict):
         ("5xx", "timeout", "connect_error"),
         description="What counts as a failure: `5xx` (upstream 5xx answers and dropped or garbled"
         " connections), `timeout`, `connect_error`, `429`, or exact statuses such as `500`, `502`.",
+    )
+    shared: bool = Field(
+        False,
+        description="`true` (needs `storage.redis_url`): the breaker's decisions are shared by every process"
+        " of the fleet through Redis. Failures are judged where they are seen; an opening, a closing and a"
+        " manual action reach every process within milliseconds (pub/sub, off the request path); the"
+        " half-open probes are the fleet's, not each process's. Redis down: each process falls back to its"
+        " own breaker at once and rejoins when Redis is back.",
     )
 
     @field_validator("window", mode="before")
@@ -788,6 +813,9 @@ class Policy(Strict):
         " the upstream.",
     )
     server: Server = Field(Server(), description="The listener's limits.")
+    fleet: Fleet = Field(
+        Fleet(), description="The fleet view across processes sharing one Redis (SLO windows merged)."
+    )
     upstreams: Annotated[dict[Name, Upstream], Field(min_length=1)] = Field(
         description="The services behind the gateway, by name."
     )

@@ -18,8 +18,9 @@ from typing import Any
 
 from gateway.outcome import Outcome
 from gateway.policy.model import HTTP_METHODS, Policy, Route, Slo
-from gateway.slo.series import SUB_WINDOW, Series, Totals, Window, merged_sketches, merged_totals
-from gateway.slo.sketch import quantiles
+from gateway.slo.series import SUB_WINDOW, Series, Totals, Window
+from gateway.slo.sketch import merge, quantiles
+from gateway.slo.snapshot import SeriesSnapshot, add_totals, merge_snapshots
 
 UNMATCHED = "unmatched"
 OTHER_METHOD = "OTHER"
@@ -41,6 +42,13 @@ def latency_buckets(policy: Policy) -> tuple[float, ...]:
 def _slower(index: int) -> Callable[[Totals], int]:
     """The count of requests slower than the route's index-th latency target."""
     return lambda totals: totals.slower_than(index)
+
+
+WINDOW = "window"  # the label of the percentile window's counts in a SeriesSnapshot
+
+
+def _window_totals(snaps: list[SeriesSnapshot], label: str) -> Totals:
+    return add_totals(s.totals[label] for s in snaps if label in s.totals)
 
 
 def _ms(seconds: float | None) -> float | None:
@@ -167,9 +175,29 @@ class SloRecorder:
     def _errors(self, totals: Totals) -> int:
         return totals.errors + (totals.throttled if self.count_429 else 0)
 
-    def _summary(self, series: list[Series], slot: int) -> dict[str, Any]:
-        (latency, n), (upstream, un) = merged_sketches(series, slot)
-        totals = merged_totals(series, slot, self.window)
+    def snapshot(self) -> list[SeriesSnapshot]:
+        """Every series now: sketches over the percentile window, counts over it and each burn window.
+
+        What an SLO status reads, and what a process publishes for the fleet view (gateway/fleet/).
+        """
+        slot = self._slot()
+        out: list[SeriesSnapshot] = []
+        for series in self.all_series():
+            window = series.window
+            latency, upstream = window.sketches(slot)
+            totals = {label: window.totals(slot, seconds) for label, seconds in BURN_WINDOWS}
+            totals[WINDOW] = window.totals(slot, self.window)
+            out.append(
+                SeriesSnapshot(
+                    series.route, series.method, merge(latency)[0], merge(upstream)[0], totals
+                )
+            )
+        return out
+
+    def _summary(self, snaps: list[SeriesSnapshot]) -> dict[str, Any]:
+        latency, n = merge(s.latency for s in snaps)
+        upstream, un = merge(s.upstream for s in snaps)
+        totals = _window_totals(snaps, WINDOW)
         p = quantiles(latency, n, QUANTILES)
         u = quantiles(upstream, un, QUANTILES)
         return {
@@ -182,15 +210,19 @@ class SloRecorder:
             "upstream_latency_ms": {"p50": _ms(u[0]), "p95": _ms(u[1]), "p99": _ms(u[2])},
         }
 
-    def route_status(self, name: str) -> dict[str, Any]:
+    def route_status(self, name: str, snapshots: list[SeriesSnapshot] | None = None) -> dict[str, Any]:
         """The SLO status of one route (KeyError when unknown): windowed percentiles and error rate, each
-        objective's compliance, burn rates over 5m/30m/1h/6h and error budget remaining over 6h."""
+        objective's compliance, burn rates over 5m/30m/1h/6h and error budget remaining over 6h.
+
+        `snapshots`: read these (e.g. the fleet's, merged) instead of this process's own series."""
         route = self.routes[name]
-        slot = self._slot()
-        series = list(route.series.values())
+        if snapshots is None:
+            snapshots = self.snapshot()
+        by_method = {s.method: s for s in merge_snapshots([[s for s in snapshots if s.route == name]])}
+        snaps = list(by_method.values())
         status: dict[str, Any] = {"route": route.name, "match": route.match, "window_seconds": self.window}
-        status.update(self._summary(series, slot))
-        status["methods"] = {label: self._summary([s], slot) for label, s in sorted(route.series.items())}
+        status.update(self._summary(snaps))
+        status["methods"] = {label: self._summary([s]) for label, s in sorted(by_method.items())}
         status["current_p95_ms"] = status["latency_ms"]["p95"]
         slo = route.slo
         if slo is None:
@@ -198,8 +230,8 @@ class SloRecorder:
                 target=None, objectives={}, compliant=None, burn_rate=None, error_budget_remaining=None
             )
             return status
-        by_window = {label: merged_totals(series, slot, seconds) for label, seconds in BURN_WINDOWS}
-        window = merged_totals(series, slot, self.window)
+        by_window = {label: _window_totals(snaps, label) for label, _ in BURN_WINDOWS}
+        window = _window_totals(snaps, WINDOW)
         objectives: dict[str, dict[str, Any]] = {}
         target: dict[str, float] = {}
         for label, q in _LATENCY_OBJECTIVES:
@@ -270,7 +302,7 @@ class SloRecorder:
             return []
         slot = self._slot()
         series = list(route.series.values())
-        windows = (merged_totals(series, slot, long_window), merged_totals(series, slot, short_window))
+        windows = [add_totals(s.window.totals(slot, w) for s in series) for w in (long_window, short_window)]
         if any(t.total < min_requests for t in windows):
             return []
         objectives: list[tuple[str, Callable[[Totals], int], float]] = []
@@ -286,9 +318,12 @@ class SloRecorder:
             if all(bad(t) / t.total > factor * allowed for t in windows)
         ]
 
-    def status(self) -> dict[str, dict[str, Any]]:
-        """Every route's status (and the `unmatched` pseudo-route's), by route name."""
-        return {name: self.route_status(name) for name in self.routes}
+    def status(self, snapshots: list[SeriesSnapshot] | None = None) -> dict[str, dict[str, Any]]:
+        """Every route's status (and the `unmatched` pseudo-route's), by route name; from `snapshots` (the
+        fleet's) when given, else from this process's series. Routes this policy does not know are skipped."""
+        if snapshots is None:
+            snapshots = self.snapshot()
+        return {name: self.route_status(name, snapshots) for name in self.routes}
 
     def flat(self, statuses: dict[str, dict[str, Any]]) -> dict[str, Any]:
         """The runbook's flat keys from route statuses: latency_ms_p95_GET_/api/horoscopes/daily,

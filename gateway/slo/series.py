@@ -13,13 +13,12 @@ while the series lives.
 
 from __future__ import annotations
 
-from bisect import bisect_left
+from bisect import bisect_left, bisect_right
 from collections import deque
-from collections.abc import Sequence
 from dataclasses import dataclass
 from math import ceil, log
 
-from gateway.slo.sketch import INV_LN_GAMMA, MIN_KEY, MIN_VALUE, Counts, merge
+from gateway.slo.sketch import INV_LN_GAMMA, MIN_KEY, MIN_VALUE, Counts
 
 SUB_WINDOW = 10.0  # seconds per slot: the resolution of every window
 RETENTION = 6 * 3600.0  # counts are kept this long (the longest burn-rate window)
@@ -48,6 +47,10 @@ class Slot:
 OldSlot = tuple[int, int, int, int, tuple[int, ...]]
 
 
+def _slot_of(old: OldSlot) -> int:
+    return old[0]
+
+
 @dataclass(frozen=True, slots=True)
 class Totals:
     """Counts over some period."""
@@ -70,6 +73,10 @@ class Window:
         self.recent: deque[Slot] = deque()  # slots inside the percentile window, oldest first
         self.old: deque[OldSlot] = deque()  # older slots, counts only, oldest first
         self.current = Slot(_FAR_PAST, len(thresholds))
+        # Running sums of the old slots' counts since this window began, one entry per old slot (the sums up
+        # to and including it): the counts of any span of old slots are one subtraction, so a 6 h burn
+        # window costs the same as a 5 min one (the fleet publishes every burn window every second).
+        self._old_sums: deque[tuple[int, int, int, tuple[int, ...]]] = deque()
         self.window_slots = 1
         self.retention_slots = 1
         self.resize(window)
@@ -93,12 +100,21 @@ class Window:
         """Shrink slots that left the percentile window; forget those past the retention."""
         edge = slot - self.window_slots
         recent, old = self.recent, self.old
+        sums = self._old_sums
         while recent and recent[0].slot <= edge:
             s = recent.popleft()
-            old.append((s.slot, s.total, s.errors, s.throttled, tuple(s.exceed)))
+            exceed = tuple(s.exceed)
+            old.append((s.slot, s.total, s.errors, s.throttled, exceed))
+            if sums:
+                t, e, th, ex = sums[-1]
+                sums.append((t + s.total, e + s.errors, th + s.throttled,
+                             tuple(a + b for a, b in zip(ex, exceed, strict=True))))
+            else:
+                sums.append((s.total, s.errors, s.throttled, exceed))
         old_edge = slot - self.retention_slots
         while old and old[0][0] <= old_edge:
             old.popleft()
+            sums.popleft()
 
     def totals(self, slot: int, seconds: float) -> Totals:
         """Counts over the last `seconds` (in whole slots, the current one included)."""
@@ -115,14 +131,17 @@ class Window:
             for i, n in enumerate(s.exceed):
                 exceed[i] += n
         else:
-            for o in reversed(self.old):
-                if o[0] <= edge:
-                    break
-                total += o[1]
-                errors += o[2]
-                throttled += o[3]
-                for i, n in enumerate(o[4]):
-                    exceed[i] += n
+            old, sums = self.old, self._old_sums
+            first = bisect_right(old, edge, key=_slot_of)  # the first old slot inside the span
+            if first < len(old):
+                t, e, th, ex = sums[-1]
+                bt, be, bth, bex = sums[first]  # the sums up to `first`, minus `first` itself
+                o = old[first]
+                total += t - bt + o[1]
+                errors += e - be + o[2]
+                throttled += th - bth + o[3]
+                for i, (a, b, c) in enumerate(zip(ex, bex, o[4], strict=True)):
+                    exceed[i] += a - b + c
         return Totals(total, errors, throttled, tuple(exceed))
 
     def sketches(self, slot: int) -> tuple[list[Counts], list[Counts]]:
@@ -209,26 +228,3 @@ class Series:
     def upstream_count(self) -> int:
         """Requests that reached an upstream (have an upstream duration)."""
         return sum(self.upstream_buckets)
-
-
-def merged_sketches(series: Sequence[Series], slot: int) -> tuple[tuple[Counts, int], tuple[Counts, int]]:
-    """Latency and upstream sketches of several series over their percentile windows, merged."""
-    latency: list[Counts] = []
-    upstream: list[Counts] = []
-    for one in series:
-        lat, ups = one.window.sketches(slot)
-        latency.extend(lat)
-        upstream.extend(ups)
-    return merge(latency), merge(upstream)
-
-
-def merged_totals(series: Sequence[Series], slot: int, seconds: float) -> Totals:
-    """Counts of several series over the last `seconds`, added."""
-    parts = [one.window.totals(slot, seconds) for one in series]
-    width = max((len(p.exceed) for p in parts), default=1)
-    exceed = [0] * width
-    for p in parts:
-        for i, n in enumerate(p.exceed):
-            exceed[i] += n
-    total = sum(p.total for p in parts)
-    return Totals(total, sum(p.errors for p in parts), sum(p.throttled for p in parts), tuple(exceed))
