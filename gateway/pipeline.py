@@ -146,7 +146,11 @@ class Pipeline:
             )
 
     async def handle(self, request: web.Request) -> web.StreamResponse:
-        started = _clock()
+        # The clock starts when the request's head came in (the connection's last bytes before the handler),
+        # not at the handler: the parse and the router are part of what the client waits for.
+        protocol = request.protocol
+        arrived = protocol.data_at if isinstance(protocol, GatewayRequestHandler) else 0.0
+        started = arrived or _clock()
         runtime = self._current()  # one snapshot for the whole request, even across a reload
         peer = request.remote
         headers = request.headers

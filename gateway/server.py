@@ -13,6 +13,7 @@ import functools
 import os
 import signal
 import socket
+import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
@@ -116,6 +117,11 @@ class GatewayRequestHandler(RequestHandler):
         self._header_timer: asyncio.TimerHandle | None = None
         self._write_timer: asyncio.TimerHandle | None = None
         self.stalled = False  # set when the write deadline cut the connection: the client's fault
+        self.data_at = 0.0  # perf_counter() when bytes last came in: a request's clock starts at its head
+
+    def data_received(self, data: bytes) -> None:
+        self.data_at = time.perf_counter()
+        super().data_received(data)
 
     async def shutdown(self, timeout: float | None = 15.0) -> None:  # noqa: ASYNC109 (aiohttp's signature)
         """Drain: the handler still running at `timeout` is cancelled then. (aiohttp waits `timeout`, then
