@@ -51,6 +51,9 @@ test-tools:
 	@command -v promtool >/dev/null || { \
 	  echo "make test: no promtool on PATH: installing the Debian package prometheus (for promtool)"; \
 	  $(SUDO) apt-get update -qq && DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq --no-install-recommends prometheus >/dev/null; }
+	@command -v openssl >/dev/null || { \
+	  echo "make test: no openssl on PATH: installing the Debian package openssl (the TLS tests make certificates)"; \
+	  $(SUDO) apt-get update -qq && DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq openssl >/dev/null; }
 	@# The ops console's browser tests: Debian's Chromium and its chromedriver (never a downloaded browser).
 	@test -x /usr/bin/chromium -a -x /usr/bin/chromedriver || { \
 	  echo "make test: no /usr/bin/chromium or /usr/bin/chromedriver: installing the Debian packages chromium chromium-driver"; \
