@@ -13,6 +13,7 @@ from typing import Any
 
 from selenium.webdriver.common.by import By
 from selenium.webdriver.remote.webdriver import WebDriver
+from selenium.webdriver.support.ui import Select
 
 from gateway.ops.auth import fingerprint
 from tests.console.conftest import ADMIN_ID, ARTIFACTS, TOKEN, click, wait
@@ -95,6 +96,11 @@ def test_the_shipped_routes_appear_with_their_p95(page: WebDriver, gateway: Live
     assert re.search(r"p95\s+[\d.]+ ms / target 300 ms", shown["daily_horoscopes"]), shown["daily_horoscopes"]
     assert re.search(r"p95\s+[\d.]+ ms / target 500 ms", shown["orders"])
     assert "p95\n– / target 500 ms" in shown["payment_intent"]  # no traffic yet: no number made up
+    # The fleet / this-instance switch: the same routes, read with ?scope=instance.
+    Select(page.find_element(By.ID, "scope")).select_by_value("instance")
+    wait(page).until(lambda d: "instance " in (d.find_element(By.ID, "scope").get_attribute("title") or ""))
+    p95 = r"p95\s+[\d.]+ ms / target 300 ms"
+    wait(page).until(lambda d: re.search(p95, tiles(d).get("daily_horoscopes", "")))
 
 
 def test_opening_a_breaker_from_the_page_makes_the_next_proxied_request_503(

@@ -73,8 +73,12 @@ def test_the_console_calls_only_documented_operations() -> None:
     assert len(calls) >= 9
     paths = yaml.safe_load(SPEC.read_text())["paths"]
     for method, path in calls:
+        path, _, query = path.partition("?")
         template = re.sub(r"\$\{[^}]*\}", "{name}", path)
         assert method.lower() in paths.get(template, {}), f"{method} {path} is not in the OpenAPI document"
+        documented = {p["name"] for p in paths[template][method.lower()].get("parameters", [])}
+        for name in re.findall(r"([A-Za-z_]+)=", query):  # a query parameter must be documented too
+            assert name in documented, f"{method} {path}?{name}= is not in the OpenAPI document"
     # ... and nothing else reaches the network: no other fetch, XHR, WebSocket or EventSource.
     assert script.count("fetch(") == 1 and "XMLHttpRequest" not in script and "WebSocket" not in script
     assert "innerHTML" not in script and "outerHTML" not in script and "insertAdjacentHTML" not in script

@@ -225,7 +225,10 @@
   }
 
   async function refreshMetrics() {
-    const data = await api("GET", "/api/ops/metrics", undefined, false, true);
+    const scope = $("scope").value === "instance" ? "instance" : "fleet";
+    const data = await api("GET", `/api/ops/metrics?scope=${scope}`, undefined, false, true);
+    const instances = Array.isArray(data.instances) ? data.instances.length : 1;
+    $("scope").title = scope === "fleet" ? `${instances} instance(s) contributing` : `instance ${data.instance || ""}`;
     const metrics = data.metrics || {};
     const routes = metrics.routes || data.routes || {};
     const withSlo = [];
@@ -248,6 +251,7 @@
     }
   }
 
+  $("scope").addEventListener("change", () => { history.clear(); refreshMetrics().then(renderOverview); });
   $("search").addEventListener("input", () => { overview.page = 0; renderOverview(); });
   $("prev").addEventListener("click", () => { overview.page = Math.max(0, overview.page - 1); renderOverview(); });
   $("next").addEventListener("click", () => { overview.page += 1; renderOverview(); });
