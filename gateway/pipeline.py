@@ -383,9 +383,14 @@ class Pipeline:
             )
 
         try:
-            upstream = await send_with_retries(
-                send, retry, attempts, breaker=route.breaker, budget=route.retry_budget
-            )
+            if retry is None and route.retry_budget is None:  # the common case: one attempt, no wrapping
+                upstream = await open_upstream(
+                    client, request.method, url, send_headers, body, deadline=route.client_timeout
+                )
+            else:
+                upstream = await send_with_retries(
+                    send, retry, attempts, breaker=route.breaker, budget=route.retry_budget
+                )
             exchange.upstream_head = _clock() - attempt_at
         except BreakerOpened:
             assert route.breaker is not None
