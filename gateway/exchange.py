@@ -26,7 +26,8 @@ class Exchange:
     identity: Identity
     forwarded_for: str | None  # every X-Forwarded-For line, joined: parsed once per request
     outcome: Outcome
-    started: float  # perf_counter() at handler entry
+    started: float  # perf_counter() when the request's head came in
+    via: list[str] = field(default_factory=list)  # the Via lines, read once: loop check and forwarding
     path: str = ""  # normalised request path (what routes match)
     query: str = ""  # the raw query string, with its "?"
     route: CompiledRoute | None = None

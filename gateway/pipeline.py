@@ -24,12 +24,12 @@ from gateway.exchange import Exchange
 from gateway.identity import Identity, forwarded_for, user_id
 from gateway.logs import access_log, get_logger
 from gateway.outcome import Outcome
-from gateway.proxy import HOP_BY_HOP, BodyStream, forward_headers, relay
+from gateway.proxy import BodyStream, forward_headers, relay, response_headers
 from gateway.retry import BreakerOpened, send_with_retries
 from gateway.routing import normalize_path
 from gateway.runtime import CompiledRoute, Runtime
 from gateway.server import SERVER_NAME, GatewayRequestHandler, send_continue
-from gateway.tunnel import HandshakeError, Tunnel, TunnelStats, answer_headers, handshake
+from gateway.tunnel import HandshakeError, Tunnel, TunnelStats, handshake
 from gateway.upstream.client import open_upstream
 from gateway.upstream.errors import BodyTooLarge, UpstreamError, classify
 from gateway.upstream.reply import UpstreamReply
@@ -43,7 +43,6 @@ _clock = time.perf_counter  # uvloop's loop.time() only has millisecond resoluti
 # gateways in a chain (one service's sidecar calling another's) never take each other for a loop.
 _VIA_TOKEN = f"gw-{random.getrandbits(48):012x}"
 _VIA = f"1.1 {_VIA_TOKEN}"
-_TUNNEL_SKIP = HOP_BY_HOP | {"content-length"}
 
 
 def json_error(
@@ -219,7 +218,7 @@ class Pipeline:
             # the ops namespace is the gateway's own and is never proxied.
             return self._refuse(exchange, 404, "no_route", reason="not_found",
                                 detail=f"no ops endpoint {request.method} {path}")
-        via = request.headers.getall("Via", ())
+        via = exchange.via = request.headers.getall("Via", [])
         if via and _VIA_TOKEN in ",".join(via):
             # Our own token: this request already passed through this gateway. An upstream that points back at
             # the gateway (a typo away) would otherwise recurse until something runs out.
@@ -312,13 +311,14 @@ class Pipeline:
                             route=exchange.outcome.route, breaker=breaker.name, retry_after=retry_after)
 
     def _upstream_headers(self, exchange: Exchange, route: CompiledRoute) -> CIMultiDict[str]:
+        """The request's headers for the upstream (gateway/proxy.py's rules), with this gateway in Via."""
         request = exchange.request
         runtime = exchange.runtime
         client = route.client
         peer = request.remote or "unknown"
         trusted_peer = runtime.resolver.proxy_trusted(peer)
         prior_xff = exchange.forwarded_for
-        return forward_headers(
+        headers = forward_headers(
             request,
             protected=runtime.protected_headers,
             trusted_peer=trusted_peer,
@@ -334,6 +334,8 @@ class Pipeline:
             request_id=exchange.request_id,
             method_override=route.route.allow_method_override,
         )
+        headers["Via"] = ", ".join((*exchange.via, _VIA)) if exchange.via else _VIA
+        return headers
 
     async def _proxy(self, exchange: Exchange, route: CompiledRoute) -> web.StreamResponse:
         # -- stage: proxy --
@@ -344,8 +346,6 @@ class Pipeline:
         client = route.client
         url = client.base + upstream_path(exchange.path, route) + exchange.query
         send_headers = self._upstream_headers(exchange, route)
-        prior_via = request.headers.getall("Via", ())
-        send_headers["Via"] = ", ".join((*prior_via, _VIA)) if prior_via else _VIA
         retry = route.retries
         attempts = 1
         body: BodyStream | bytes | None = None
@@ -446,8 +446,6 @@ class Pipeline:
         # upstream that speaks h2c could pick it, and every request inside that HTTP/2 connection would
         # bypass the gateway (h2c smuggling).
         headers["Upgrade"] = request.headers["Upgrade"].split(",")[0].strip()
-        prior_via = request.headers.getall("Via", ())
-        headers["Via"] = ", ".join((*prior_via, _VIA)) if prior_via else _VIA
         base_path = URL(client.base).raw_path.rstrip("/")
         target = base_path + upstream_path(exchange.path, route) + exchange.query
         sent_at = _clock()
@@ -469,8 +467,7 @@ class Pipeline:
                                 detail="the upstream switched to a protocol that was not asked for")
         if permit is not None:  # the handshake is the call the breaker judges, not the tunnel's lifetime
             permit.record_outcome(shake.status, None, _clock() - sent_at)
-        answer = answer_headers(shake.headers, _TUNNEL_SKIP)
-        answer.extend(exchange.response_headers)
+        answer = response_headers(shake.headers, exchange.response_headers)
         if not self._keep_upstream_server or "Server" not in answer:
             answer["Server"] = SERVER_NAME  # server.upstream_server_header, as for relayed answers
         if shake.status != 101:  # refused upstream: relayed as an ordinary answer

@@ -139,11 +139,14 @@ class BodyStream:
             yield chunk
 
 
-def response_headers(upstream: UpstreamReply, extra: Iterable[tuple[str, str]]) -> CIMultiDict[str]:
-    """Upstream response headers minus hop-by-hop ones (and those its Connection names); repeats kept."""
-    nominated = connection_tokens(upstream.headers) if "Connection" in upstream.headers else set()
+def response_headers(
+    headers: CIMultiDictProxy[str] | CIMultiDict[str], extra: Iterable[tuple[str, str]]
+) -> CIMultiDict[str]:
+    """Upstream response headers minus hop-by-hop ones (and those its Connection names), repeats kept, with
+    the gateway's `extra` ones set over them. For relayed answers and for a tunnel's handshake answer."""
+    nominated = connection_tokens(headers) if "Connection" in headers else set()
     out: CIMultiDict[str] = CIMultiDict()
-    for name, value in upstream.headers.items():
+    for name, value in headers.items():
         lower = name.lower()
         if lower in _RESPONSE_SKIP or lower in nominated:
             continue
@@ -164,7 +167,7 @@ async def relay(
     response = (web.StreamResponse if whole is None else OneWriteResponse)(
         status=upstream.status, reason=upstream.reason
     )
-    response.headers.extend(response_headers(upstream, extra))
+    response.headers.extend(response_headers(upstream.headers, extra))
     if upstream.content_length is not None and "Transfer-Encoding" not in upstream.headers:
         response.content_length = upstream.content_length
     if request.version < (1, 1) and response.content_length is None:

@@ -15,7 +15,6 @@ from __future__ import annotations
 import asyncio
 import ssl
 import time
-from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 import httptools
@@ -314,13 +313,3 @@ class Tunnel:
                 self._client.close()
             self._stats.open -= 1
             self._stats.ended(reason, time.monotonic() - self.started)
-
-
-def answer_headers(headers: CIMultiDict[str], skip: Iterable[str]) -> CIMultiDict[str]:
-    """The upstream's answer headers for the client, minus the ones named in `skip` (lower case)."""
-    drop = set(skip)
-    out: CIMultiDict[str] = CIMultiDict()
-    for name, value in headers.items():
-        if name.lower() not in drop:
-            out.add(name, value)
-    return out
